@@ -1,0 +1,9 @@
+//! cacd: coronary artery calcium scoring for low-dose chest CT.
+//!
+//! Data flows one way through named stages, one module each:
+//! receive → store → assemble → preprocess → infer → score → encode → forward.
+//! The compute stages (`assemble` onwards to `encode`) are pure functions over the plain
+//! types in [`volume`]; the daemon only wires stages to the queue.
+
+pub mod score;
+pub mod volume;

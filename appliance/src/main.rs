@@ -1,0 +1,19 @@
+//! The `cacd` command line (see ../shared/CONTRACT.md).
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cacd", version, about = "Coronary artery calcium scoring appliance")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {}
+}

@@ -1,0 +1,1 @@
+//! cacd's model artifacts, their manifest, and the inference engines that run them.
