@@ -1,0 +1,65 @@
+//! Command-line front ends of the pipeline. Each command is a thin layer: parse, call the
+//! stages, report with context.
+
+pub mod score;
+
+use std::path::PathBuf;
+
+use cacd_models::EngineKind;
+
+use crate::pipeline::PipelineConfig;
+
+/// Which engine and model precision to run (shared by every command that scores).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EngineArgs {
+    /// Inference engine: tract (pure Rust, default) or onnxruntime (needs the
+    /// `onnxruntime` build feature and libonnxruntime).
+    #[arg(long, value_enum, default_value_t = EngineChoice::Tract)]
+    pub engine: EngineChoice,
+    /// Model precision.
+    #[arg(long, value_enum, default_value_t = Precision::Int8)]
+    pub precision: Precision,
+    /// Folder with manifest.toml and the ONNX artifacts.
+    #[arg(long)]
+    pub model_dir: Option<PathBuf>,
+    /// Path to libonnxruntime.so (else ORT_DYLIB_PATH).
+    #[arg(long)]
+    pub ort_dylib: Option<PathBuf>,
+    /// Inference threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineChoice {
+    Tract,
+    Onnxruntime,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    Int8,
+    Fp32,
+}
+
+impl EngineArgs {
+    pub fn pipeline_config(&self) -> PipelineConfig {
+        let mut cfg = PipelineConfig::default();
+        cfg.engine = match self.engine {
+            EngineChoice::Tract => EngineKind::Tract,
+            EngineChoice::Onnxruntime => EngineKind::OnnxRuntime,
+        };
+        cfg.precision = match self.precision {
+            Precision::Int8 => "int8".into(),
+            Precision::Fp32 => "fp32".into(),
+        };
+        if let Some(dir) = &self.model_dir {
+            cfg.model_dir = dir.clone();
+        }
+        cfg.ort_dylib = self.ort_dylib.clone();
+        if let Some(t) = self.threads {
+            cfg.threads = t;
+        }
+        cfg
+    }
+}

@@ -1,0 +1,298 @@
+//! One study through the compute stages: assemble → preprocess → infer → score → encode.
+//!
+//! The same function serves `cacd score`, `cacd batch` and `cacd serve`; only the caller
+//! differs. Loading the models (hash check, ONNX optimisation) happens once in
+//! [`Pipeline::load`]; [`Pipeline::score`] is blocking and CPU-heavy.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use cacd_models::{EngineKind, EngineOptions};
+
+use crate::assemble::{self, AssembleError};
+use crate::encode::{self, EncodeInput, EncodeOptions, Encoded};
+use crate::infer::Segmenter;
+use crate::result::{ModelInfo, Quality, ResultJson, Timings};
+use crate::score::{self, Scores};
+use crate::volume::Volume;
+
+/// How to run the models.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub engine: EngineKind,
+    /// "int8" (default: what the appliance ships) or "fp32".
+    pub precision: String,
+    /// Folder with `manifest.toml` and the ONNX artifacts.
+    pub model_dir: PathBuf,
+    /// libonnxruntime for the `onnxruntime` engine (else `ORT_DYLIB_PATH`).
+    pub ort_dylib: Option<PathBuf>,
+    pub threads: usize,
+    pub encode: EncodeOptions,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            engine: EngineKind::Tract,
+            precision: "int8".into(),
+            model_dir: default_model_dir(),
+            ort_dylib: None,
+            threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
+            encode: EncodeOptions::default(),
+        }
+    }
+}
+
+/// Where the models are when nobody says: `$CACD_MODEL_DIR`, then `../share/cacd/models`
+/// next to the executable (installed layout), then the source tree's `models/`.
+pub fn default_model_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CACD_MODEL_DIR") {
+        return PathBuf::from(dir);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        if let Some(prefix) = exe.parent().and_then(Path::parent) {
+            let installed = prefix.join("share/cacd/models");
+            if installed.join("manifest.toml").is_file() {
+                return installed;
+            }
+        }
+    }
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../models"))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("loading models from {dir}: {source}")]
+    Models {
+        dir: String,
+        #[source]
+        source: crate::infer::InferError,
+    },
+    #[error("writing results to {path}: {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("encoding DICOM results: {0}")]
+    Encode(#[from] encode::EncodeError),
+}
+
+/// A scored series with everything the encoders and the caller need.
+pub struct Scored {
+    pub result: ResultJson,
+    pub volume: Volume,
+    pub scores: Scores,
+    pub encoded: Encoded,
+}
+
+/// What became of one study.
+pub enum Outcome {
+    Scored(Box<Scored>),
+    Rejected(ResultJson),
+}
+
+impl Outcome {
+    pub fn result(&self) -> &ResultJson {
+        match self {
+            Outcome::Scored(s) => &s.result,
+            Outcome::Rejected(r) => r,
+        }
+    }
+}
+
+/// Loaded, verified models plus the options of the encoders.
+pub struct Pipeline {
+    segmenter: Segmenter,
+    encode: EncodeOptions,
+}
+
+fn ms(t: Instant) -> u64 {
+    t.elapsed().as_millis() as u64
+}
+
+impl Pipeline {
+    /// Loads and verifies the models (refuses a model whose hash differs from the manifest).
+    pub fn load(cfg: &PipelineConfig) -> Result<Pipeline, PipelineError> {
+        let opts = EngineOptions {
+            threads: cfg.threads.max(1),
+            ort_dylib: cfg.ort_dylib.clone(),
+        };
+        let segmenter = Segmenter::load(&cfg.model_dir, &cfg.precision, cfg.engine, &opts)
+            .map_err(|source| PipelineError::Models {
+                dir: cfg.model_dir.display().to_string(),
+                source,
+            })?;
+        Ok(Pipeline {
+            segmenter,
+            encode: cfg.encode.clone(),
+        })
+    }
+
+    pub fn model_info(&self) -> ModelInfo {
+        self.segmenter.model_info()
+    }
+
+    /// Scores one study from DICOM files or folders. Never panics on input data: every
+    /// refusal comes back as [`Outcome::Rejected`] with a one-line reason.
+    pub fn score(&self, inputs: &[PathBuf], result_version: u32) -> Outcome {
+        let t = Instant::now();
+        let volume = match assemble::assemble_paths(inputs) {
+            Ok(v) => v,
+            Err(e) => return Outcome::Rejected(rejected_from(&e)),
+        };
+        let assemble_ms = ms(t);
+        self.score_volume(volume, assemble_ms, result_version)
+    }
+
+    /// The stages after assembly, for callers that already hold a `Volume`.
+    pub fn score_volume(&self, volume: Volume, assemble_ms: u64, result_version: u32) -> Outcome {
+        let meta = volume.meta.clone();
+        let seg = match self.segmenter.segment(&volume) {
+            Ok(s) => s,
+            Err(e) => {
+                return Outcome::Rejected(ResultJson::rejected(
+                    &meta.study_instance_uid,
+                    &meta.series_instance_uid,
+                    &e.to_string(),
+                ))
+            }
+        };
+
+        let t = Instant::now();
+        let scores = score::score(volume.hu.view(), seg.mask.view(), volume.geometry.spacing);
+        let score_ms = ms(t);
+
+        let quality = quality_of(&volume);
+        let model = self.segmenter.model_info();
+
+        let t = Instant::now();
+        let encoded = match encode::encode_all(&EncodeInput {
+            volume: &volume,
+            scores: &scores,
+            model: &model,
+            result_version,
+            warnings: &quality.warnings,
+            options: &self.encode,
+        }) {
+            Ok(e) => e,
+            Err(e) => {
+                return Outcome::Rejected(ResultJson::rejected(
+                    &meta.study_instance_uid,
+                    &meta.series_instance_uid,
+                    &format!("encoding results failed: {e}"),
+                ))
+            }
+        };
+        let encode_ms = ms(t);
+
+        let timings = Timings {
+            assemble: assemble_ms,
+            preprocess: seg.preprocess_ms,
+            infer: seg.infer_ms,
+            score: score_ms,
+            encode: encode_ms,
+        };
+        let result = ResultJson::scored(
+            &meta.study_instance_uid,
+            &meta.series_instance_uid,
+            &scores,
+            quality,
+            model,
+            timings,
+            result_version,
+        );
+        Outcome::Scored(Box::new(Scored {
+            result,
+            volume,
+            scores,
+            encoded,
+        }))
+    }
+}
+
+fn rejected_from(e: &AssembleError) -> ResultJson {
+    ResultJson::rejected("", "", &e.reason())
+}
+
+/// Quality facts and warnings a reader of the score should know.
+fn quality_of(volume: &Volume) -> Quality {
+    let spacing = volume.geometry.spacing[0];
+    let mut warnings = Vec::new();
+    match volume.meta.kvp {
+        Some(kvp) if (kvp - 120.0).abs() > 0.5 => warnings.push(format!(
+            "tube voltage {kvp} kVp: the Agatston method is defined at 120 kVp; scores are not directly comparable"
+        )),
+        None => warnings.push("tube voltage (KVP) missing: assumed 120 kVp".into()),
+        _ => {}
+    }
+    if let Some(th) = volume.meta.slice_thickness_mm {
+        if th > spacing * 1.2 {
+            warnings.push(format!(
+                "slice thickness {th} mm exceeds slice spacing {spacing:.2} mm (overlapping reconstruction): scored on spacing"
+            ));
+        }
+    }
+    if spacing > 3.0 + 1e-6 || spacing < 2.5 - 1e-6 {
+        warnings.push(format!(
+            "slice spacing {spacing:.2} mm differs from the 2.5–3 mm the Agatston reference populations used"
+        ));
+    }
+    Quality {
+        slice_thickness_mm: volume.meta.slice_thickness_mm,
+        slice_spacing_mm: Some((spacing * 1000.0).round() / 1000.0),
+        kvp: volume.meta.kvp,
+        warnings,
+    }
+}
+
+/// Writes `result.json` and, for a scored series, `seg.dcm` (when there is calcium),
+/// `sr.dcm` and `summary.dcm` into `dir`. Returns the DICOM files written (what a
+/// forwarder sends). Each file goes to a temp name, is fsynced and renamed.
+pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, PipelineError> {
+    let werr = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| PipelineError::Write { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(werr(dir))?;
+    let mut dicom = Vec::new();
+    if let Outcome::Scored(s) = outcome {
+        let mut objects = vec![("sr.dcm", &s.encoded.sr), ("summary.dcm", &s.encoded.summary)];
+        if let Some(seg) = &s.encoded.seg {
+            objects.insert(0, ("seg.dcm", seg));
+        }
+        for (name, obj) in objects {
+            let path = dir.join(name);
+            encode::write_dicom(obj, &path)?;
+            dicom.push(path);
+        }
+    } else {
+        // A re-score that is now rejected must not leave stale results beside it.
+        for name in ["seg.dcm", "sr.dcm", "summary.dcm"] {
+            let _ = std::fs::remove_file(dir.join(name));
+        }
+    }
+    let json = serde_json::to_vec_pretty(outcome.result())
+        .map_err(|e| werr(dir)(std::io::Error::other(e)))?;
+    write_atomic(&dir.join("result.json"), &json).map_err(werr(&dir.join("result.json")))?;
+    Ok(dicom)
+}
+
+/// temp name → fsync → rename → fsync the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
+    ));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
