@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Times `cacd score` on a 512×512×120 phantom with both engines and both precisions:
+# wall time (hyperfine, several runs), per-stage milliseconds (result.json timings_ms) and
+# peak RSS (/usr/bin/time -v). Targets on the 2-core dev machine: <= 10 s wall, <= 1.5 GB RSS.
+#
+#   bench/score-speed/run.sh            (expects target/release/cacd built with --features onnxruntime)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+CACD=${CACD:-target/release/cacd}
+RUNS=${RUNS:-5}
+work=$(mktemp -d /tmp/cacd-speed.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+if [ -z "${ORT_DYLIB_PATH:-}" ]; then
+  ORT_DYLIB_PATH="$(python3 -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])' 2>/dev/null || true)"
+  export ORT_DYLIB_PATH
+fi
+"$CACD" phantom --out "$work/study" --seed 100777 --burden moderate --thickness 1.0 --slices 120 >/dev/null
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
+echo "study: 512x512x120, 1.0 mm, $(du -sh "$work/study" | cut -f1)"
+for engine in tract onnxruntime; do
+  for prec in int8 fp32; do
+    out="$work/out-$engine-$prec"
+    if ! "$CACD" score "$work/study" --out "$out" --engine $engine --precision $prec >/dev/null 2>"$work/err"; then
+      echo "$engine/$prec: skipped: $(tail -n1 "$work/err")"; continue
+    fi
+    rss=$( { /usr/bin/time -v "$CACD" score "$work/study" --out "$out" --engine $engine --precision $prec >/dev/null; } 2>&1 | awk -F: '/Maximum resident/{print $2}' | xargs)
+    stages=$(python3 -c "import json,sys; t=json.load(open('$out/result.json'))['timings_ms']; print(' '.join(f'{k} {v}' for k,v in t.items()))")
+    hyperfine --runs "$RUNS" --warmup 1 --export-json "$work/h.json" \
+      "$CACD score $work/study --out $out --engine $engine --precision $prec" >/dev/null
+    wall=$(python3 -c "import json; r=json.load(open('$work/h.json'))['results'][0]; print(f\"median {r['median']:.2f} s (min {r['min']:.2f}, max {r['max']:.2f}, {len(r['times'])} runs)\")")
+    echo "$engine/$prec: wall $wall; peak RSS $((rss / 1024)) MB; stages ms: $stages"
+  done
+done
