@@ -1,6 +1,7 @@
 //! Command-line front ends of the pipeline. Each command is a thin layer: parse, call the
 //! stages, report with context.
 
+pub mod batch;
 pub mod score;
 
 use std::path::PathBuf;
