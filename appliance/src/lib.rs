@@ -5,6 +5,7 @@
 //! The compute stages (`assemble` onwards to `encode`) are pure functions over the plain
 //! types in [`volume`]; the daemon only wires stages to the queue.
 
+pub mod assemble;
 pub mod result;
 pub mod score;
 pub mod volume;
