@@ -4,8 +4,13 @@
 //! [`manifest::Manifest`] / [`manifest::ModelEntry`], [`EngineKind`] and [`load_engine`].
 
 pub mod manifest;
+#[cfg(feature = "onnxruntime")]
+pub mod ort_engine;
+pub mod tract_engine;
 
-pub use manifest::{Manifest, ModelEntry};
+use std::path::{Path, PathBuf};
+
+pub use manifest::{sha256_hex, verify, Manifest, ModelEntry};
 
 /// A dense f32 tensor in row-major (C) order, e.g. `[1, C, D, H, W]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +33,14 @@ pub enum EngineKind {
 pub enum ModelError {
     #[error("model manifest {path}: {reason}")]
     Manifest { path: String, reason: String },
-    #[error("model {file}: sha256 {actual} does not match the manifest's {expected}; refusing to load")]
-    HashMismatch { file: String, expected: String, actual: String },
+    #[error(
+        "model {file}: sha256 {actual} does not match the manifest's {expected}; refusing to load"
+    )]
+    HashMismatch {
+        file: String,
+        expected: String,
+        actual: String,
+    },
     #[error("model {file}: {reason}")]
     Load { file: String, reason: String },
     #[error("inference failed: {0}")]
@@ -45,4 +56,81 @@ pub trait Engine: Send + Sync {
     fn engine_name(&self) -> &'static str;
     /// Runs the model on one input tensor and returns its one output tensor.
     fn run(&self, input: &Tensor) -> Result<Tensor, ModelError>;
+}
+
+/// How an engine is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Worker threads for one inference (tract: a private rayon pool; ORT: intra-op threads).
+    /// 0 or 1 runs on the calling thread.
+    pub threads: usize,
+    /// The ONNX Runtime shared library (`libonnxruntime.so[.<ver>]`, ONNX Runtime >= 1.17).
+    /// `None`: `ORT_DYLIB_PATH`; with neither, the ORT engine is `Unavailable`.
+    pub ort_dylib: Option<PathBuf>,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            ort_dylib: std::env::var_os("ORT_DYLIB_PATH")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+        }
+    }
+}
+
+impl EngineKind {
+    /// The name [`Engine::engine_name`] reports for this kind.
+    pub fn engine_name(self) -> &'static str {
+        match self {
+            EngineKind::Tract => tract_engine::ENGINE_NAME,
+            EngineKind::OnnxRuntime => "ort-cpu",
+        }
+    }
+}
+
+/// Verifies `entry`'s file in `model_dir` against its sha256 (always, before any parsing), then
+/// loads it into the engine `kind`.
+pub fn load_engine(
+    kind: EngineKind,
+    entry: &ModelEntry,
+    model_dir: &Path,
+    opts: &EngineOptions,
+) -> Result<Box<dyn Engine>, ModelError> {
+    let bytes = verify(entry, model_dir)?;
+    let file = model_dir.join(&entry.file).display().to_string();
+    match kind {
+        EngineKind::Tract => Ok(Box::new(tract_engine::TractEngine::from_verified_bytes(
+            &bytes, entry, &file, opts,
+        )?)),
+        #[cfg(feature = "onnxruntime")]
+        EngineKind::OnnxRuntime => Ok(Box::new(ort_engine::OrtEngine::from_verified_bytes(
+            &bytes, entry, &file, opts,
+        )?)),
+        #[cfg(not(feature = "onnxruntime"))]
+        EngineKind::OnnxRuntime => Err(ModelError::Unavailable(
+            "ort-cpu",
+            "this build has no ONNX Runtime support (build with feature `onnxruntime`)".into(),
+        )),
+    }
+}
+
+/// Checks an input tensor against the shape the manifest promises the model takes.
+pub(crate) fn check_input(input: &Tensor, expected: &[usize; 5]) -> Result<(), ModelError> {
+    if input.shape.as_slice() != expected.as_slice() {
+        return Err(ModelError::Run(format!(
+            "input shape {:?} differs from the model's {:?}",
+            input.shape, expected
+        )));
+    }
+    let n: usize = expected.iter().product();
+    if input.data.len() != n {
+        return Err(ModelError::Run(format!(
+            "input has {} values, shape {:?} needs {n}",
+            input.data.len(),
+            input.shape
+        )));
+    }
+    Ok(())
 }
