@@ -7,5 +7,7 @@
 
 pub mod assemble;
 pub mod result;
+#[cfg(feature = "cuda-base")]
+pub mod gpu;
 pub mod score;
 pub mod volume;

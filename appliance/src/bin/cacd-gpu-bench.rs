@@ -1,0 +1,460 @@
+//! `cacd-gpu-bench`: times the GPU preprocessing kernels against (a) the device's measured
+//! copy bandwidth, (b) the CPU reference (`cacd::preprocess`) on the same machine, and writes
+//! the grid set-up for `bench/gpu/torch_ref.py` (c). See bench/gpu/README.md.
+//!
+//! Bandwidth convention: a device-to-device copy of B bytes moves 2·B (read + write); a
+//! kernel's effective bandwidth is (bytes it must read + bytes it writes) / time, with the
+//! byte counts stated per kernel in the output.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use cacd::gpu::{rescale_cpu, GpuPreprocessor, RawPixels, Rescale};
+use cacd::preprocess::{
+    coarse_input, fine_input, fine_to_native_mask, GridSpec, ModelGrid, CANDIDATE_HU,
+};
+use cacd::volume::{Geometry, SeriesMeta, Volume};
+use cacd_models::Tensor;
+use clap::Parser;
+use cudarc::driver::sys::CUevent_flags;
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(about = "GPU preprocessing bench: kernels vs copy bandwidth, CPU path, PyTorch config")]
+struct Args {
+    /// Volume dims z,y,x (int16 stored values).
+    #[arg(long, default_value = "300,512,512", value_delimiter = ',')]
+    dims: Vec<usize>,
+    /// Native spacing z,y,x in mm.
+    #[arg(long, default_value = "1.0,0.7,0.7", value_delimiter = ',')]
+    spacing: Vec<f64>,
+    /// Timed repetitions per GPU measurement (after 3 warm-up runs).
+    #[arg(long, default_value_t = 20)]
+    reps: usize,
+    /// Repetitions of the CPU path (best is reported).
+    #[arg(long, default_value_t = 2)]
+    cpu_reps: usize,
+    /// Write all numbers as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write the grid set-up torch_ref.py reproduces here.
+    #[arg(long)]
+    config_out: Option<PathBuf>,
+}
+
+/// The grids of docs/ARCHITECTURE.md (what models/manifest.toml declares).
+fn coarse_spec() -> GridSpec {
+    GridSpec {
+        spacing: [4.0, 4.0, 4.0],
+        shape: [64, 96, 96],
+        channels: 1,
+        hu_clip: [-1000.0, 2000.0],
+        hu_scale: 1000.0,
+    }
+}
+
+fn fine_spec() -> GridSpec {
+    GridSpec {
+        spacing: [2.0, 0.8, 0.8],
+        shape: [64, 192, 192],
+        channels: 4,
+        hu_clip: [-1000.0, 2000.0],
+        hu_scale: 1000.0,
+    }
+}
+
+const CLASSES: usize = 5;
+
+/// Cheap deterministic hash (splitmix64) for synthetic data.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// Stored values (HU + 1024) of a chest-like phantom: air outside an elliptic body, soft
+/// tissue inside, ~3 % bright voxels (bone / calcium) so the mask kernel has candidates.
+fn raw_volume(d: usize, h: usize, w: usize) -> Vec<i16> {
+    let mut v = vec![0i16; d * h * w];
+    for (i, o) in v.iter_mut().enumerate() {
+        let (y, x) = ((i / w) % h, i % w);
+        let ny = (y as f64 - h as f64 / 2.0) / (0.38 * h as f64);
+        let nx = (x as f64 - w as f64 / 2.0) / (0.46 * w as f64);
+        let r = mix(i as u64);
+        let hu = if ny * ny + nx * nx > 1.0 {
+            -1000 + (r % 40) as i32 - 20
+        } else if r % 100 < 3 {
+            130 + (r >> 8) as i32 % 1400
+        } else {
+            (r >> 8) as i32 % 120 - 60
+        };
+        *o = (hu + 1024) as i16;
+    }
+    v
+}
+
+/// Random softmax class probabilities on the fine grid.
+fn probs(shape: [usize; 3], k: usize) -> Tensor {
+    let plane: usize = shape.iter().product();
+    let mut data = vec![0f32; k * plane];
+    for i in 0..plane {
+        let e: Vec<f32> = (0..k)
+            .map(|c| ((mix((i * k + c) as u64 ^ 0xABCD) % 6000) as f32 / 1000.0 - 3.0).exp())
+            .collect();
+        let s: f32 = e.iter().sum();
+        for c in 0..k {
+            data[c * plane + i] = e[c] / s;
+        }
+    }
+    Tensor {
+        shape: vec![1, k, shape[0], shape[1], shape[2]],
+        data,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Median device time (ms, CUDA events) of `f`'s queued work over `reps` after 3 warm-ups.
+fn time_events(
+    g: &mut GpuPreprocessor,
+    reps: usize,
+    mut f: impl FnMut(&mut GpuPreprocessor) -> Result<()>,
+) -> Result<f64> {
+    for _ in 0..3 {
+        f(g)?;
+    }
+    g.synchronize()?;
+    let ctx = g.context().clone();
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+        start.record(g.stream())?;
+        f(g)?;
+        end.record(g.stream())?;
+        end.synchronize()?;
+        ms.push(start.elapsed_ms(&end)? as f64);
+    }
+    Ok(median(ms))
+}
+
+/// Median wall time (ms) of `f` (which must synchronise) over `reps` after 2 warm-ups.
+fn time_wall(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..2 {
+        f()?;
+    }
+    let mut ms = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(ms))
+}
+
+fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = f64::INFINITY;
+    let mut out = None;
+    for _ in 0..reps.max(1) {
+        let t = Instant::now();
+        let r = f();
+        best = best.min(t.elapsed().as_secs_f64() * 1e3);
+        out = Some(r);
+    }
+    match out {
+        Some(r) => (best, r),
+        None => unreachable!("at least one repetition runs"),
+    }
+}
+
+struct Row {
+    name: &'static str,
+    ms: f64,
+    bytes: f64,
+    note: String,
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let (Ok([d, h, w]), Ok(spacing)) = (
+        <[usize; 3]>::try_from(a.dims.as_slice()),
+        <[f64; 3]>::try_from(a.spacing.as_slice()),
+    ) else {
+        bail!("--dims and --spacing take three values each (z,y,x)");
+    };
+    let reps = a.reps.max(1);
+    let n = d * h * w;
+    println!(
+        "== cacd-gpu-bench: {d}x{h}x{w} int16 ({:.0} MB), spacing {spacing:?} mm",
+        n as f64 * 2e-6
+    );
+
+    let t0 = Instant::now();
+    let mut g = GpuPreprocessor::on_device(0).context("GPU preprocessor")?;
+    let info = g.info().clone();
+    println!(
+        "device: {} (sm_{}{}), NVRTC arch {:?}, start-up (NVRTC compile + module load) {:.0} ms, context+compile {:.0} ms",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.arch,
+        info.compile_ms,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+
+    let raw = raw_volume(d, h, w);
+    let rescale = Rescale {
+        slope: 1.0,
+        intercept: -1024.0,
+    };
+    let rescale_f64 = Rescale {
+        slope: 0.999,
+        intercept: -1023.5,
+    };
+    let coarse = coarse_spec();
+    let fine = fine_spec();
+
+    // CPU path first: it also yields the Volume (geometry) the GPU calls take.
+    println!(
+        "-- CPU path (cacd::preprocess, one thread), best of {}",
+        a.cpu_reps.max(1)
+    );
+    let (cpu_rescale_ms, hu) =
+        best_of(a.cpu_reps, || rescale_cpu(RawPixels::Signed(&raw), rescale));
+    let hu = ndarray::Array3::from_shape_vec((d, h, w), hu).context("volume shape")?;
+    let vol = Volume {
+        hu,
+        geometry: Geometry::axial(spacing, [-179.0, -150.0, -1200.0]),
+        meta: SeriesMeta::default(),
+        sop_instance_uids: vec![String::new(); d],
+        source_frames: vec![1; d],
+    };
+    // Heart-like crop centre: a little anterior-left of the volume centre.
+    let centre_idx = [d as f64 * 0.55, h as f64 * 0.45, w as f64 * 0.55];
+    let centre_mm = vol
+        .geometry
+        .index_to_patient(centre_idx[0], centre_idx[1], centre_idx[2]);
+    let (cpu_coarse_ms, (cpu_coarse, coarse_grid)) =
+        best_of(a.cpu_reps, || coarse_input(&vol, &coarse));
+    let (cpu_fine_ms, (cpu_fine, fine_grid)) =
+        best_of(a.cpu_reps, || fine_input(&vol, centre_mm, &fine));
+    let p = probs(fine.shape, CLASSES);
+    let (cpu_mask_ms, cpu_mask) = best_of(a.cpu_reps, || fine_to_native_mask(&p, &fine_grid, &vol));
+    let cpu_mask = cpu_mask?;
+    let cpu_total = cpu_rescale_ms + cpu_coarse_ms + cpu_fine_ms + cpu_mask_ms;
+    for (name, ms) in [
+        ("rescale raw->HU", cpu_rescale_ms),
+        ("coarse input", cpu_coarse_ms),
+        ("fine input (4 ch)", cpu_fine_ms),
+        ("fine->native mask", cpu_mask_ms),
+        ("total", cpu_total),
+    ] {
+        println!("cpu  {name:<22} {ms:>10.2} ms");
+    }
+
+    // (a) the bandwidth floor: device-to-device copy of the raw volume's bytes.
+    let bytes = n * 2;
+    let stream = g.stream().clone();
+    let src = stream.alloc_zeros::<u8>(bytes)?;
+    let mut dst = stream.alloc_zeros::<u8>(bytes)?;
+    let copy_ms = time_events(&mut g, reps, |_| {
+        stream.memcpy_dtod(&src, &mut dst)?;
+        Ok(())
+    })?;
+    drop((src, dst));
+    let copy_gbs = 2.0 * bytes as f64 / copy_ms / 1e6;
+    println!("-- GPU kernels (median of {reps}, CUDA events)");
+    println!(
+        "copy floor: cuMemcpyDtoD {:.0} MB: {copy_ms:.3} ms = {copy_gbs:.0} GB/s (read + write)",
+        bytes as f64 / 1e6
+    );
+
+    // Per-kernel device times. The raw volume is staged once (as a decoder writing into the
+    // pinned staging memory would leave it).
+    g.stage_signed(n)?.copy_from_slice(&raw);
+    let upload_ms = time_events(&mut g, reps, |g| Ok(g.upload_staged(true, n)?))?;
+    let rescale_ms = time_events(&mut g, reps, |g| Ok(g.enqueue_rescale([d, h, w], rescale)?))?;
+    let rescale_f64_ms = time_events(&mut g, reps, |g| {
+        Ok(g.enqueue_rescale([d, h, w], rescale_f64)?)
+    })?;
+    g.enqueue_rescale([d, h, w], rescale)?;
+    let unit_ms = time_events(&mut g, reps, |g| {
+        g.enqueue_hu_to_unit(coarse.hu_clip[0], coarse.hu_clip[1], coarse.hu_scale)?;
+        Ok(())
+    })?;
+    let coarse_ms = time_events(&mut g, reps, |g| {
+        g.enqueue_model_input(&coarse_grid)?;
+        Ok(())
+    })?;
+    let fine_ms = time_events(&mut g, reps, |g| {
+        g.enqueue_model_input(&fine_grid)?;
+        Ok(())
+    })?;
+    let k = g.upload_probs(&p, &fine_grid)?;
+    let mut mbox = None;
+    let mask_ms = time_events(&mut g, reps, |g| {
+        mbox = g.enqueue_mask(&fine_grid, k)?;
+        Ok(())
+    })?;
+    let box_voxels = mbox.map_or(0, |b| b.voxels());
+    let candidates = cpu_mask.len() - cpu_mask.iter().filter(|&&v| v == 0).count();
+    let coarse_plane = coarse.shape.iter().product::<usize>() as f64;
+    let fine_plane = fine.shape.iter().product::<usize>() as f64;
+    let rows = [
+        Row { name: "H2D upload (pinned)", ms: upload_ms, bytes: bytes as f64, note: "PCIe/host link, not HBM".into() },
+        Row { name: "rescale int16 (slope 1)", ms: rescale_ms, bytes: 4.0 * n as f64, note: "2 B in + 2 B out per voxel".into() },
+        Row { name: "rescale int16 (f64 path)", ms: rescale_f64_ms, bytes: 4.0 * n as f64, note: "fractional slope".into() },
+        Row { name: "clip+normalise -> f32", ms: unit_ms, bytes: 6.0 * n as f64, note: "2 B in + 4 B out per voxel".into() },
+        Row { name: "coarse input 64x96x96x1", ms: coarse_ms, bytes: coarse_plane * (4.0 + 16.0), note: "4 B out + 8 taps x 2 B in per output".into() },
+        Row { name: "fine input 64x192x192x4", ms: fine_ms, bytes: fine_plane * (16.0 + 16.0), note: "16 B out + 8 taps x 2 B in per output".into() },
+        Row { name: "fine->native mask", ms: mask_ms, bytes: 3.0 * box_voxels as f64, note: format!("2 B in + 1 B out per box voxel ({box_voxels} voxels); probability gathers not counted") },
+    ];
+    let mut kernel_json = Vec::new();
+    for r in &rows {
+        let gbs = r.bytes / r.ms / 1e6;
+        let pct = 100.0 * gbs / copy_gbs;
+        println!(
+            "gpu  {:<26} {:>9.4} ms {:>8.0} GB/s {:>5.0} % of copy   ({})",
+            r.name, r.ms, gbs, pct, r.note
+        );
+        kernel_json.push(json!({"name": r.name, "ms": r.ms, "bytes": r.bytes, "gbs": gbs, "pct_of_copy": pct, "note": r.note}));
+    }
+
+    // The whole GPU preprocessing of one study, wall clock, as the pipeline calls it.
+    println!("-- GPU whole preprocessing (wall clock, median of {reps}; raw values already in pinned memory)");
+    let mut parts = [0f64; 4];
+    let mut gpu_coarse = None;
+    let mut gpu_fine = None;
+    let mut gpu_mask = None;
+    let total_ms = time_wall(reps, || {
+        let t = Instant::now();
+        g.rescale_staged(true, [d, h, w], rescale)?;
+        g.synchronize()?;
+        let t1 = Instant::now();
+        let c = g.coarse_input(&vol, &coarse)?;
+        let t2 = Instant::now();
+        let f = g.fine_input(&vol, centre_mm, &fine)?;
+        let t3 = Instant::now();
+        let m = g.fine_to_native_mask(&p, &f.1, &vol)?;
+        let t4 = Instant::now();
+        parts = [
+            (t1 - t).as_secs_f64() * 1e3,
+            (t2 - t1).as_secs_f64() * 1e3,
+            (t3 - t2).as_secs_f64() * 1e3,
+            (t4 - t3).as_secs_f64() * 1e3,
+        ];
+        gpu_coarse = Some(c.0);
+        gpu_fine = Some(f.0);
+        gpu_mask = Some(m);
+        Ok(())
+    })?;
+    let staging_ms = time_wall(reps.min(5), || {
+        g.stage_signed(n)?.copy_from_slice(&raw);
+        Ok(())
+    })?;
+    for (name, ms) in [
+        ("upload + rescale", parts[0]),
+        ("coarse input + download", parts[1]),
+        ("fine input + download", parts[2]),
+        ("probs up + mask + down", parts[3]),
+    ] {
+        println!("gpu  {name:<26} {ms:>9.3} ms (last run)");
+    }
+    let device_ms = rescale_ms + coarse_ms + fine_ms + mask_ms;
+    println!("gpu  total (median)               {total_ms:>9.3} ms   -> {:.1}x the CPU path ({cpu_total:.1} ms)", cpu_total / total_ms);
+    println!(
+        "gpu  kernels only (sum)           {device_ms:>9.3} ms   -> {:.1}x",
+        cpu_total / device_ms
+    );
+    println!("host copy of decoded pixels into pinned staging (avoidable: decode into it) {staging_ms:.2} ms");
+
+    // Parity at full size (the small-volume proofs are in tests/gpu_parity.rs).
+    let exact = |c: &Tensor, g: &Option<Tensor>| {
+        g.as_ref().map(|g| {
+            let differ = c
+                .data
+                .iter()
+                .zip(&g.data)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            let worst = c
+                .data
+                .iter()
+                .zip(&g.data)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            (differ, worst)
+        })
+    };
+    let coarse_par = exact(&cpu_coarse, &gpu_coarse);
+    let fine_par = exact(&cpu_fine, &gpu_fine);
+    let mask_differ = gpu_mask.as_ref().map(|m| {
+        m.iter()
+            .zip(cpu_mask.iter())
+            .filter(|(a, b)| a != b)
+            .count()
+    });
+    println!(
+        "parity at full size: coarse (differing, max abs) {coarse_par:?}, fine {fine_par:?}, mask labels differing {mask_differ:?} of {} labelled (threshold {CANDIDATE_HU} HU)",
+        candidates
+    );
+    let (dev_bytes, pinned_bytes) = g.footprint();
+    println!(
+        "buffer pool: {:.0} MB device, {:.0} MB pinned host",
+        dev_bytes as f64 / 1e6,
+        pinned_bytes as f64 / 1e6
+    );
+
+    let report = json!({
+        "device": info.name,
+        "compute_capability": [info.compute_capability.0, info.compute_capability.1],
+        "nvrtc_arch": info.arch,
+        "compile_ms": info.compile_ms,
+        "dims": [d, h, w],
+        "copy": {"bytes": bytes, "ms": copy_ms, "gbs": copy_gbs},
+        "kernels": kernel_json,
+        "gpu_total_ms": total_ms,
+        "gpu_kernels_ms": device_ms,
+        "gpu_parts_ms": {"upload_rescale": parts[0], "coarse": parts[1], "fine": parts[2], "mask": parts[3]},
+        "staging_copy_ms": staging_ms,
+        "cpu_ms": {"rescale": cpu_rescale_ms, "coarse": cpu_coarse_ms, "fine": cpu_fine_ms, "mask": cpu_mask_ms, "total": cpu_total},
+        "speedup_vs_cpu": cpu_total / total_ms,
+        "parity": {"coarse": coarse_par, "fine": fine_par, "mask_differ": mask_differ},
+        // By kernel name, for the comparison with torch_ref.py.
+        "ours_ms": {"rescale": rescale_ms, "clip_normalise": unit_ms, "coarse": coarse_ms, "fine": fine_ms, "mask": mask_ms, "copy": copy_ms},
+    });
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = &a.config_out {
+        let grid_json = |gr: &ModelGrid| {
+            json!({"spacing": gr.spec.spacing, "shape": gr.spec.shape, "channels": gr.spec.channels,
+                   "centre_index": gr.centre_index, "native_spacing": gr.native_spacing,
+                   "hu_clip": gr.spec.hu_clip, "hu_scale": gr.spec.hu_scale})
+        };
+        let cfg = json!({
+            "dims": [d, h, w],
+            "rescale": {"slope": rescale.slope, "intercept": rescale.intercept},
+            "rescale_f64": {"slope": rescale_f64.slope, "intercept": rescale_f64.intercept},
+            "coarse": grid_json(&coarse_grid),
+            "fine": grid_json(&fine_grid),
+            "classes": CLASSES,
+            "candidate_hu": CANDIDATE_HU,
+            "pad_hu": cacd::preprocess::PAD_HU,
+            "reps": reps,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&cfg)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

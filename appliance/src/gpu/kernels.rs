@@ -1,0 +1,220 @@
+//! CUDA C source of the preprocessing kernels, compiled once at start-up with NVRTC.
+//!
+//! Written by hand for this crate. Every kernel mirrors a CPU reference in
+//! `crate::preprocess` (or the assembler's HU rescale) operation for operation: the float
+//! arithmetic uses the `__f*_rn` / `__d*_rn` intrinsics so the compiler cannot contract
+//! `a + b * c` into an FMA, which makes the GPU results bit-identical to the CPU's (Rust never
+//! contracts either). Per-axis interpolation taps are computed on the host in f64 by the
+//! same formulas the CPU uses and uploaded as small tables, so sample positions agree exactly.
+//!
+//! Bandwidth notes: elementwise kernels handle 4 consecutive elements per thread with one
+//! 8-byte load and one 8/16-byte store (device buffers are allocated 256-byte aligned and
+//! always passed from offset 0); read-only inputs go through `__ldg` (non-coherent cache);
+//! there are no atomics and no shared-memory staging (every output is written exactly once).
+
+/// Kernel names, in the order [`SOURCE`] defines them.
+pub const RESCALE_S16: &str = "rescale_s16";
+pub const RESCALE_U16: &str = "rescale_u16";
+pub const HU_TO_UNIT: &str = "hu_to_unit";
+pub const RESAMPLE_INPUT: &str = "resample_input";
+pub const FINE_TO_NATIVE: &str = "fine_to_native";
+
+/// Threads per block for every kernel.
+pub const BLOCK: u32 = 256;
+/// Elements handled by one thread in the elementwise kernels.
+pub const PER_THREAD: usize = 4;
+
+pub const SOURCE: &str = r#"
+typedef unsigned long long u64;
+
+// ---- HU rescale: raw stored value -> round(raw * slope + intercept), saturated to int16 ----
+// int_path: slope == 1 and the intercept is a small integer, so the double arithmetic is exact
+// in integers; both paths give identical results (the host chooses).
+__device__ __forceinline__ short rescale_one(int v, double slope, double intercept,
+                                             int int_path, int int_offset) {
+    if (int_path) {
+        int r = v + int_offset;
+        return (short)min(max(r, -32768), 32767);
+    }
+    double x = __dadd_rn(__dmul_rn((double)v, slope), intercept);
+    x = round(x);  // half away from zero, like Rust's f64::round
+    x = fmin(fmax(x, -32768.0), 32767.0);
+    return (short)x;
+}
+
+template <typename T, typename T4>
+__device__ __forceinline__ void rescale_body(const T* __restrict__ raw, short* __restrict__ hu,
+                                             u64 n, double slope, double intercept,
+                                             int int_path, int int_offset) {
+    u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    u64 i = t * 4;
+    if (i + 3 < n) {
+        T4 v = __ldg(reinterpret_cast<const T4*>(raw) + t);
+        short4 o;
+        o.x = rescale_one(v.x, slope, intercept, int_path, int_offset);
+        o.y = rescale_one(v.y, slope, intercept, int_path, int_offset);
+        o.z = rescale_one(v.z, slope, intercept, int_path, int_offset);
+        o.w = rescale_one(v.w, slope, intercept, int_path, int_offset);
+        reinterpret_cast<short4*>(hu)[t] = o;
+    } else {
+        for (; i < n; ++i) {
+            hu[i] = rescale_one(__ldg(raw + i), slope, intercept, int_path, int_offset);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) rescale_s16(const short* __restrict__ raw, short* __restrict__ hu,
+                                       u64 n, double slope, double intercept,
+                                       int int_path, int int_offset) {
+    rescale_body<short, short4>(raw, hu, n, slope, intercept, int_path, int_offset);
+}
+
+extern "C" __global__ void __launch_bounds__(256) rescale_u16(const unsigned short* __restrict__ raw,
+                                       short* __restrict__ hu, u64 n, double slope,
+                                       double intercept, int int_path, int int_offset) {
+    rescale_body<unsigned short, ushort4>(raw, hu, n, slope, intercept, int_path, int_offset);
+}
+
+// ---- HU clip + normalise: clamp(hu, lo, hi) / scale, as f32 ----
+__device__ __forceinline__ float unit_one(short v, float lo, float hi, float scale) {
+    return __fdiv_rn(fminf(fmaxf((float)v, lo), hi), scale);
+}
+
+extern "C" __global__ void __launch_bounds__(256) hu_to_unit(const short* __restrict__ hu, float* __restrict__ out,
+                                      u64 n, float lo, float hi, float scale) {
+    u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    u64 i = t * 4;
+    if (i + 3 < n) {
+        short4 v = __ldg(reinterpret_cast<const short4*>(hu) + t);
+        float4 o;
+        o.x = unit_one(v.x, lo, hi, scale);
+        o.y = unit_one(v.y, lo, hi, scale);
+        o.z = unit_one(v.z, lo, hi, scale);
+        o.w = unit_one(v.w, lo, hi, scale);
+        reinterpret_cast<float4*>(out)[t] = o;
+    } else {
+        for (; i < n; ++i) out[i] = unit_one(__ldg(hu + i), lo, hi, scale);
+    }
+}
+
+// ---- Trilinear resampling onto a model grid (+ clip/scale, + coordinate channels) ----
+// taps: one int4 per model index, z axis (d entries), then y (h), then x (w):
+//   {i0, i1, bits(w1), bits(coord)}; i0/i1 = -1 where the tap falls outside the volume
+//   (that corner takes the pad value), w1 = weight of i1, coord = coordinate channel value.
+__device__ __forceinline__ float lerp_rn(float a, float b, float t) {
+    return __fadd_rn(a, __fmul_rn(__fsub_rn(b, a), t));
+}
+
+__device__ __forceinline__ float sample(const short* __restrict__ hu, int nh, int nw,
+                                        int z, int y, int x, float pad) {
+    return (z >= 0 && y >= 0 && x >= 0) ? (float)__ldg(hu + ((u64)z * nh + y) * nw + x) : pad;
+}
+
+extern "C" __global__ void __launch_bounds__(256) resample_input(const short* __restrict__ hu, int nh, int nw,
+                                          const int4* __restrict__ taps, int d, int h, int w,
+                                          int channels, float pad, float lo, float hi,
+                                          float scale, float* __restrict__ out) {
+    u64 plane = (u64)d * h * w;
+    u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= plane) return;
+    int x = (int)(idx % w);
+    int y = (int)((idx / w) % h);
+    int z = (int)(idx / ((u64)w * h));
+    int4 tz = __ldg(taps + z);
+    int4 ty = __ldg(taps + d + y);
+    int4 tx = __ldg(taps + d + h + x);
+    float wz = __int_as_float(tz.z), wy = __int_as_float(ty.z), wx = __int_as_float(tx.z);
+    // Same order as the CPU: along x, then y, then z.
+    float a00 = lerp_rn(sample(hu, nh, nw, tz.x, ty.x, tx.x, pad),
+                        sample(hu, nh, nw, tz.x, ty.x, tx.y, pad), wx);
+    float a01 = lerp_rn(sample(hu, nh, nw, tz.x, ty.y, tx.x, pad),
+                        sample(hu, nh, nw, tz.x, ty.y, tx.y, pad), wx);
+    float a10 = lerp_rn(sample(hu, nh, nw, tz.y, ty.x, tx.x, pad),
+                        sample(hu, nh, nw, tz.y, ty.x, tx.y, pad), wx);
+    float a11 = lerp_rn(sample(hu, nh, nw, tz.y, ty.y, tx.x, pad),
+                        sample(hu, nh, nw, tz.y, ty.y, tx.y, pad), wx);
+    float v = lerp_rn(lerp_rn(a00, a01, wy), lerp_rn(a10, a11, wy), wz);
+    out[idx] = __fdiv_rn(fminf(fmaxf(v, lo), hi), scale);
+    if (channels == 4) {
+        out[plane + idx] = __int_as_float(tz.w);
+        out[2 * plane + idx] = __int_as_float(ty.w);
+        out[3 * plane + idx] = __int_as_float(tx.w);
+    }
+}
+
+// ---- Fine-grid class probabilities -> native label mask, over the crop's native box ----
+// The box is the native index range [bz0, bz0+bd) x [by0, by0+bh) x [bx0, bx0+bw) covered by
+// the crop; ntaps holds one int4 per box index (z: bd entries, then y: bh, then x: bw):
+//   {i0, i1, bits(w), 0} into the fine grid (clamped to its edge, as the CPU does).
+// Output: one label per box voxel (0 where HU < threshold); argmax ties go to the lower class.
+__device__ __forceinline__ unsigned char label_one(
+        const short* __restrict__ hu, int nh, int nw, const int4* __restrict__ ntaps,
+        const float* __restrict__ probs, int k, int h, int w, u64 plane, short threshold,
+        int bz0, int by0, int bx0, int bd, int bh, int zi, int yi, int xi) {
+    short v = __ldg(hu + ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + (bx0 + xi));
+    if (v < threshold) return 0;
+    int4 tz = __ldg(ntaps + zi), ty = __ldg(ntaps + bd + yi), tx = __ldg(ntaps + bd + bh + xi);
+    float wz = __int_as_float(tz.z), wy = __int_as_float(ty.z), wx = __int_as_float(tx.z);
+    float uz = __fsub_rn(1.0f, wz), uy = __fsub_rn(1.0f, wy), ux = __fsub_rn(1.0f, wx);
+    // Corner order and weight products exactly as the CPU reference.
+    float cw[8] = {
+        __fmul_rn(__fmul_rn(uz, uy), ux), __fmul_rn(__fmul_rn(uz, uy), wx),
+        __fmul_rn(__fmul_rn(uz, wy), ux), __fmul_rn(__fmul_rn(uz, wy), wx),
+        __fmul_rn(__fmul_rn(wz, uy), ux), __fmul_rn(__fmul_rn(wz, uy), wx),
+        __fmul_rn(__fmul_rn(wz, wy), ux), __fmul_rn(__fmul_rn(wz, wy), wx)};
+    // 32-bit offsets within one class plane (the host checks plane < 2^32).
+    unsigned int r00 = ((unsigned int)tz.x * h + ty.x) * w, r01 = ((unsigned int)tz.x * h + ty.y) * w;
+    unsigned int r10 = ((unsigned int)tz.y * h + ty.x) * w, r11 = ((unsigned int)tz.y * h + ty.y) * w;
+    unsigned int base[8] = {r00 + tx.x, r00 + tx.y, r01 + tx.x, r01 + tx.y,
+                            r10 + tx.x, r10 + tx.y, r11 + tx.x, r11 + tx.y};
+    int best = 0;
+    float best_p = 0.0f;
+    for (int c = 0; c < k; ++c) {
+        const float* pc = probs + (u64)c * plane;
+        float p = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 8; ++j) p = __fadd_rn(p, __fmul_rn(cw[j], __ldg(pc + base[j])));
+        if (c == 0 || p > best_p) {
+            best = c;
+            best_p = p;
+        }
+    }
+    return (unsigned char)best;
+}
+
+extern "C" __global__ void __launch_bounds__(256) fine_to_native(const short* __restrict__ hu, int nh, int nw,
+                                          const int4* __restrict__ ntaps,
+                                          const float* __restrict__ probs, int k, int d, int h,
+                                          int w, short threshold, int bz0, int by0, int bx0,
+                                          int bd, int bh, int bw,
+                                          unsigned char* __restrict__ out) {
+    u64 n = (u64)bd * bh * bw;
+    u64 plane = (u64)d * h * w;
+    u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
+    u64 i = t * 4;
+    if (i >= n) return;
+    // Four labels packed little-endian into one 32-bit word (no local-memory array).
+    unsigned int packed = 0;
+    int m = (int)min((u64)4, n - i);
+    int xi = (int)(i % bw);
+    int yi = (int)((i / bw) % bh);
+    int zi = (int)(i / ((u64)bw * bh));
+    for (int j = 0; j < m; ++j) {
+        unsigned int lab = label_one(hu, nh, nw, ntaps, probs, k, h, w, plane, threshold, bz0,
+                                     by0, bx0, bd, bh, zi, yi, xi);
+        packed |= lab << (8 * j);
+        if (++xi == bw) {
+            xi = 0;
+            if (++yi == bh) {
+                yi = 0;
+                ++zi;
+            }
+        }
+    }
+    if (m == 4) {
+        reinterpret_cast<unsigned int*>(out)[t] = packed;
+    } else {
+        for (int j = 0; j < m; ++j) out[i + j] = (unsigned char)(packed >> (8 * j));
+    }
+}
+"#;
