@@ -1,0 +1,583 @@
+//! The `serve` configuration: one TOML file (see deploy/cacd.example.toml), every key optional,
+//! defaults that run with no file at all (CONTRACT.md), and validation that reports every
+//! problem with its key (`cacd check-config`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Errors reading a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config {path}: {message}")]
+    Parse { path: String, message: String },
+    /// One or more keys hold values that cannot work; each entry is `key: problem`.
+    #[error("config {path}: {}", .problems.join("; "))]
+    Invalid { path: String, problems: Vec<String> },
+}
+
+/// The whole `serve` configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// This node's AE title; the called AE of every association must match it.
+    pub ae_title: String,
+    /// DICOM listen address.
+    pub listen: String,
+    /// Status port address (served by the status module).
+    pub status: String,
+    /// Where studies, the queue and results live.
+    pub data_dir: PathBuf,
+    /// A series is complete after this many seconds without a new instance.
+    pub quiet_period_s: f64,
+    /// Accept any calling AE from any address (off by default: only `[[peer]]`s may send).
+    pub accept_any: bool,
+    pub receive: ReceiveConfig,
+    pub tls: TlsConfig,
+    pub forward: ForwardConfig,
+    pub housekeeping: HousekeepingConfig,
+    pub pipeline: PipelineSection,
+    #[serde(rename = "peer")]
+    pub peers: Vec<Peer>,
+    #[serde(rename = "destination")]
+    pub destinations: Vec<Destination>,
+}
+
+/// Storage SCP limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReceiveConfig {
+    /// Concurrent associations; one more is refused with A-ASSOCIATE-RJ (transient).
+    pub max_associations: usize,
+    /// Largest PDU we accept, bytes.
+    pub max_pdu: u32,
+    /// Time allowed for the rest of a message once it has started, seconds.
+    pub read_timeout_s: f64,
+    /// Time an association may sit idle between messages, seconds.
+    pub idle_timeout_s: f64,
+    /// Refuse instances (status A700) when free space falls under this many bytes...
+    pub min_free_bytes: u64,
+    /// ...or under this percentage of the file system.
+    pub min_free_percent: f64,
+}
+
+/// DICOM over TLS for the Storage SCP.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub enabled: bool,
+    /// PEM certificate chain.
+    pub cert: Option<PathBuf>,
+    /// PEM private key.
+    pub key: Option<PathBuf>,
+    /// Optional PEM CA bundle: when set, clients must present a certificate it signed.
+    pub client_ca: Option<PathBuf>,
+    pub handshake_timeout_s: f64,
+}
+
+/// C-STORE SCU behaviour.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Calling AE title for outgoing associations (default: `ae_title`).
+    pub calling_ae: Option<String>,
+    pub backoff_initial_s: f64,
+    pub backoff_max_s: f64,
+    pub connect_timeout_s: f64,
+    /// Time allowed for one DIMSE response.
+    pub dimse_timeout_s: f64,
+}
+
+/// Retention and shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HousekeepingConfig {
+    /// Delivered studies (received instances and results) are removed after this many days.
+    pub retention_days: f64,
+    pub interval_s: f64,
+    /// Time in-flight work gets after SIGTERM before the process exits anyway.
+    pub shutdown_budget_s: f64,
+}
+
+/// The scoring pipeline's settings (mapped onto `pipeline::PipelineConfig`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineSection {
+    /// `tract` or `onnxruntime`.
+    pub engine: Option<String>,
+    pub precision: Option<String>,
+    pub model_dir: Option<PathBuf>,
+    pub ort_dylib: Option<PathBuf>,
+    pub threads: Option<usize>,
+}
+
+/// A sender allowed to store to us: calling AE title and source address (IP or CIDR).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Peer {
+    pub ae: String,
+    pub host: String,
+}
+
+/// A PACS that gets every result.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Destination {
+    pub ae: String,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Destination {
+    /// Stable name used as the per-destination key in the queue.
+    pub fn id(&self) -> String {
+        format!("{}@{}:{}", self.ae, self.host, self.port)
+    }
+
+    /// Parses `AE@HOST:PORT` (the `--forward` flag).
+    pub fn parse(s: &str) -> Result<Destination, String> {
+        let (ae, rest) = s
+            .split_once('@')
+            .ok_or_else(|| format!("`{s}`: expected AE@HOST:PORT"))?;
+        let (host, port) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}`: expected AE@HOST:PORT"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("`{s}`: port `{port}` is not a number 1-65535"))?;
+        let d = Destination {
+            ae: ae.to_string(),
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+        };
+        let mut problems = Vec::new();
+        check_destination("--forward", &d, &mut problems);
+        match problems.is_empty() {
+            true => Ok(d),
+            false => Err(problems.join("; ")),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            ae_title: "CACD".into(),
+            listen: "0.0.0.0:11112".into(),
+            status: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./var/cacd"),
+            quiet_period_s: 30.0,
+            accept_any: false,
+            receive: ReceiveConfig::default(),
+            tls: TlsConfig::default(),
+            forward: ForwardConfig::default(),
+            housekeeping: HousekeepingConfig::default(),
+            pipeline: PipelineSection::default(),
+            peers: Vec::new(),
+            destinations: Vec::new(),
+        }
+    }
+}
+
+impl Default for ReceiveConfig {
+    fn default() -> Self {
+        ReceiveConfig {
+            max_associations: 8,
+            max_pdu: 65536,
+            read_timeout_s: 30.0,
+            idle_timeout_s: 120.0,
+            min_free_bytes: 1 << 30,
+            min_free_percent: 5.0,
+        }
+    }
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            calling_ae: None,
+            backoff_initial_s: 10.0,
+            backoff_max_s: 600.0,
+            connect_timeout_s: 10.0,
+            dimse_timeout_s: 60.0,
+        }
+    }
+}
+
+impl Default for HousekeepingConfig {
+    fn default() -> Self {
+        HousekeepingConfig {
+            retention_days: 30.0,
+            interval_s: 300.0,
+            shutdown_budget_s: 8.0,
+        }
+    }
+}
+
+/// Smallest PDU the standard allows an acceptor to announce that still makes sense, and the
+/// largest dicom-ul reads.
+const MIN_PDU: u32 = 4096;
+const MAX_PDU: u32 = 131_072;
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })?;
+        let problems = cfg.problems();
+        if problems.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(ConfigError::Invalid {
+                path: path.display().to_string(),
+                problems,
+            })
+        }
+    }
+
+    /// Parses TOML text without validating values.
+    pub fn parse(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim().replace('\n', " "))
+    }
+
+    /// Every problem with this configuration, each as `key: what is wrong`; empty when valid.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if let Err(e) = check_ae("ae_title", &self.ae_title) {
+            p.push(e);
+        }
+        if self.listen.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "listen: `{}` is not an IP:PORT address",
+                self.listen
+            ));
+        }
+        if self.status.parse::<SocketAddr>().is_err() {
+            p.push(format!(
+                "status: `{}` is not an IP:PORT address",
+                self.status
+            ));
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            p.push("data_dir: must not be empty".into());
+        }
+        positive(&mut p, "quiet_period_s", self.quiet_period_s);
+        let r = &self.receive;
+        if r.max_associations == 0 {
+            p.push("receive.max_associations: must be at least 1".into());
+        }
+        if !(MIN_PDU..=MAX_PDU).contains(&r.max_pdu) {
+            p.push(format!(
+                "receive.max_pdu: {} is outside {MIN_PDU}..={MAX_PDU}",
+                r.max_pdu
+            ));
+        }
+        positive(&mut p, "receive.read_timeout_s", r.read_timeout_s);
+        positive(&mut p, "receive.idle_timeout_s", r.idle_timeout_s);
+        if !(0.0..100.0).contains(&r.min_free_percent) {
+            p.push(format!(
+                "receive.min_free_percent: {} is outside 0..100",
+                r.min_free_percent
+            ));
+        }
+        if self.tls.enabled {
+            if self.tls.cert.is_none() {
+                p.push("tls.cert: required when tls.enabled = true".into());
+            }
+            if self.tls.key.is_none() {
+                p.push("tls.key: required when tls.enabled = true".into());
+            }
+            for (key, path) in [
+                ("tls.cert", &self.tls.cert),
+                ("tls.key", &self.tls.key),
+                ("tls.client_ca", &self.tls.client_ca),
+            ] {
+                if let Some(path) = path {
+                    if !path.is_file() {
+                        p.push(format!("{key}: {} is not a readable file", path.display()));
+                    }
+                }
+            }
+        }
+        if self.tls.handshake_timeout_s < 0.0 || !self.tls.handshake_timeout_s.is_finite() {
+            p.push("tls.handshake_timeout_s: must be a positive number".into());
+        }
+        let f = &self.forward;
+        if let Some(ae) = &f.calling_ae {
+            if let Err(e) = check_ae("forward.calling_ae", ae) {
+                p.push(e);
+            }
+        }
+        positive(&mut p, "forward.backoff_initial_s", f.backoff_initial_s);
+        positive(&mut p, "forward.backoff_max_s", f.backoff_max_s);
+        if f.backoff_max_s < f.backoff_initial_s {
+            p.push("forward.backoff_max_s: must not be below forward.backoff_initial_s".into());
+        }
+        positive(&mut p, "forward.connect_timeout_s", f.connect_timeout_s);
+        positive(&mut p, "forward.dimse_timeout_s", f.dimse_timeout_s);
+        let h = &self.housekeeping;
+        positive(&mut p, "housekeeping.retention_days", h.retention_days);
+        positive(&mut p, "housekeeping.interval_s", h.interval_s);
+        positive(
+            &mut p,
+            "housekeeping.shutdown_budget_s",
+            h.shutdown_budget_s,
+        );
+        if let Some(engine) = &self.pipeline.engine {
+            if parse_engine(engine).is_none() {
+                p.push(format!(
+                    "pipeline.engine: `{engine}` is not one of tract, onnxruntime"
+                ));
+            }
+        }
+        if self.pipeline.threads == Some(0) {
+            p.push("pipeline.threads: must be at least 1".into());
+        }
+        if !self.accept_any && self.peers.is_empty() {
+            p.push(
+                "peer: no [[peer]] is configured and accept_any is false, so no sender could store"
+                    .into(),
+            );
+        }
+        for (i, peer) in self.peers.iter().enumerate() {
+            if let Err(e) = check_ae(&format!("peer[{i}].ae"), &peer.ae) {
+                p.push(e);
+            }
+            if HostMatch::parse(&peer.host).is_none() {
+                p.push(format!(
+                    "peer[{i}].host: `{}` is not an IP address or CIDR block",
+                    peer.host
+                ));
+            }
+        }
+        for (i, d) in self.destinations.iter().enumerate() {
+            check_destination(&format!("destination[{i}]"), d, &mut p);
+        }
+        p
+    }
+
+    /// This node's calling AE for outgoing associations.
+    pub fn calling_ae(&self) -> &str {
+        self.forward.calling_ae.as_deref().unwrap_or(&self.ae_title)
+    }
+
+    pub fn quiet_period(&self) -> Duration {
+        secs(self.quiet_period_s)
+    }
+
+    /// Whether `calling_ae` connecting from `ip` is an allowed sender.
+    pub fn peer_allowed(&self, calling_ae: &str, ip: IpAddr) -> bool {
+        self.accept_any
+            || self.peers.iter().any(|p| {
+                p.ae == calling_ae && HostMatch::parse(&p.host).is_some_and(|m| m.contains(ip))
+            })
+    }
+
+    /// Whether any peer may connect from `ip` (checked at accept time, before any PDU).
+    pub fn ip_allowed(&self, ip: IpAddr) -> bool {
+        self.accept_any
+            || self
+                .peers
+                .iter()
+                .any(|p| HostMatch::parse(&p.host).is_some_and(|m| m.contains(ip)))
+    }
+}
+
+/// `Duration` from seconds that validation has already checked to be finite and non-negative.
+pub fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).unwrap_or(Duration::ZERO)
+}
+
+/// Maps the config's engine name onto the models crate's kind.
+pub fn parse_engine(s: &str) -> Option<cacd_models::EngineKind> {
+    match s {
+        "tract" | "tract-cpu" => Some(cacd_models::EngineKind::Tract),
+        "onnxruntime" | "ort" | "ort-cpu" => Some(cacd_models::EngineKind::OnnxRuntime),
+        _ => None,
+    }
+}
+
+fn positive(p: &mut Vec<String>, key: &str, v: f64) {
+    if !(v.is_finite() && v > 0.0) {
+        p.push(format!("{key}: must be a positive number, got {v}"));
+    }
+}
+
+/// AE titles: 1-16 characters of the default character repertoire, no backslash, not all
+/// spaces (PS3.5 Table 6.2-1).
+fn check_ae(key: &str, ae: &str) -> Result<(), String> {
+    if ae.trim().is_empty() || ae.len() > 16 {
+        return Err(format!("{key}: `{ae}` must be 1-16 characters"));
+    }
+    if ae.chars().any(|c| !(' '..='~').contains(&c) || c == '\\') {
+        return Err(format!(
+            "{key}: `{ae}` may hold only printable ASCII without backslash"
+        ));
+    }
+    Ok(())
+}
+
+fn check_destination(key: &str, d: &Destination, p: &mut Vec<String>) {
+    if let Err(e) = check_ae(&format!("{key}.ae"), &d.ae) {
+        p.push(e);
+    }
+    if d.host.trim().is_empty() {
+        p.push(format!("{key}.host: must not be empty"));
+    }
+    if d.port == 0 {
+        p.push(format!("{key}.port: must be 1-65535"));
+    }
+}
+
+/// An IP address or a CIDR block (written by hand: two dozen lines do not need a crate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMatch {
+    net: IpAddr,
+    prefix: u8,
+}
+
+impl HostMatch {
+    pub fn parse(s: &str) -> Option<HostMatch> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p.parse::<u8>().ok()?)),
+            None => (s, None),
+        };
+        let net: IpAddr = addr.trim().parse().ok()?;
+        let max = if net.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(HostMatch { net, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        // An IPv4 peer may arrive as an IPv4-mapped IPv6 address on a dual-stack socket.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.net, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_contract_and_need_a_peer() {
+        let c = Config::default();
+        assert_eq!(c.ae_title, "CACD");
+        assert_eq!(c.listen, "0.0.0.0:11112");
+        assert_eq!(c.status, "127.0.0.1:8080");
+        assert_eq!(c.data_dir, PathBuf::from("./var/cacd"));
+        let p = c.problems();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].starts_with("peer:"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let text = r#"
+            ae_title = "THIS AE TITLE IS FAR TOO LONG"
+            listen = "nowhere"
+            quiet_period_s = -1
+            accept_any = true
+            [receive]
+            max_pdu = 10
+            [forward]
+            backoff_initial_s = 10
+            backoff_max_s = 5
+            [pipeline]
+            engine = "cuda-magic"
+            [[peer]]
+            ae = "CT"
+            host = "10.0.0.0/99"
+            [[destination]]
+            ae = "PACS"
+            host = ""
+            port = 0
+        "#;
+        let p = Config::parse(text).unwrap().problems();
+        for key in [
+            "ae_title:",
+            "listen:",
+            "quiet_period_s:",
+            "receive.max_pdu:",
+            "forward.backoff_max_s:",
+            "pipeline.engine:",
+            "peer[0].host:",
+            "destination[0].host:",
+            "destination[0].port:",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(key)),
+                "{key} missing in {p:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let e = Config::parse("quiet_period = 3").unwrap_err();
+        assert!(e.contains("quiet_period"), "{e}");
+    }
+
+    #[test]
+    fn peers_match_ae_and_address() {
+        let c = Config::parse(
+            r#"
+            [[peer]]
+            ae = "CT01"
+            host = "127.0.0.1"
+            [[peer]]
+            ae = "CT02"
+            host = "10.1.0.0/16"
+        "#,
+        )
+        .unwrap();
+        assert!(c.problems().is_empty());
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        let lo2: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(c.peer_allowed("CT01", lo));
+        assert!(!c.peer_allowed("CT01", lo2));
+        assert!(!c.peer_allowed("CT02", lo));
+        assert!(c.peer_allowed("CT02", "10.1.200.3".parse().unwrap()));
+        assert!(!c.ip_allowed("10.2.0.1".parse().unwrap()));
+        assert!(c.ip_allowed("::ffff:127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn forward_flag_parses() {
+        let d = Destination::parse("PACS@10.0.0.9:104").unwrap();
+        assert_eq!(d.id(), "PACS@10.0.0.9:104");
+        assert!(Destination::parse("PACS10.0.0.9:104").is_err());
+        assert!(Destination::parse("PACS@host:0").is_err());
+        assert!(Destination::parse("@host:104").is_err());
+    }
+}

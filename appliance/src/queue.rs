@@ -1,0 +1,797 @@
+//! The durable work queue (redb): one record per series and one per (series, destination).
+//!
+//! A series moves receiving → complete → scoring → scored → forwarding → delivered, or ends in
+//! rejected / failed with a reason. Every transition is one write transaction committed with
+//! `Durability::Immediate`, so after a crash each series resumes exactly where it stood:
+//! scoring is redone with the same result version (same result UIDs), forwarding resends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const SERIES: TableDefinition<&str, &str> = TableDefinition::new("series");
+const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
+const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("deliveries");
+
+/// A series that crashed the scorer this many times is failed rather than retried forever.
+pub const MAX_SCORING_ATTEMPTS: u32 = 3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    #[error("queue database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("queue record {key}: {source}")]
+    Record {
+        key: String,
+        source: serde_json::Error,
+    },
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for QueueError {
+            fn from(e: $t) -> Self { QueueError::Db(e.into()) }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SeriesState {
+    Receiving,
+    Complete,
+    Scoring,
+    Scored,
+    Forwarding,
+    Delivered,
+    Rejected,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SeriesRecord {
+    pub study_uid: String,
+    pub series_uid: String,
+    pub state: SeriesState,
+    /// Distinct instances received.
+    pub instances: u64,
+    pub last_instance_ms: u64,
+    /// Bumped by every new instance: a scoring run started at an older generation is stale.
+    pub generation: u64,
+    /// Result version of the current (or last) scoring run; 0 before the first.
+    pub version: u32,
+    /// Scoring runs started for the current version (restarts included).
+    pub scoring_attempts: u32,
+    /// Why the series was rejected or failed.
+    pub reason: Option<String>,
+    /// Result DICOM files of the current version, to forward.
+    pub results: Vec<PathBuf>,
+    /// Headline of the current result (for logs and the status port).
+    pub agatston_total: Option<f64>,
+    pub updated_ms: u64,
+    pub delivered_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Delivery {
+    pub series_uid: String,
+    pub destination: String,
+    pub version: u32,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub next_attempt_ms: u64,
+    pub last_error: Option<String>,
+    pub updated_ms: u64,
+}
+
+/// The result of one delivery attempt.
+#[derive(Debug, Clone)]
+pub enum Attempt {
+    Delivered,
+    /// Try again at `retry_at_ms`.
+    Transient {
+        error: String,
+        retry_at_ms: u64,
+    },
+    Permanent {
+        error: String,
+    },
+}
+
+/// What a scoring run produced.
+#[derive(Debug, Clone)]
+pub enum ScoringEnd {
+    Scored {
+        results: Vec<PathBuf>,
+        agatston_total: Option<f64>,
+    },
+    Rejected {
+        reason: String,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+/// Handle to the queue; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Queue {
+    db: Arc<Database>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn delivery_key(series_uid: &str, destination: &str) -> String {
+    format!("{series_uid}\n{destination}")
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(key: &str, v: &str) -> Result<T, QueueError> {
+    serde_json::from_str(v).map_err(|source| QueueError::Record {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn encode<T: Serialize>(key: &str, v: &T) -> Result<String, QueueError> {
+    serde_json::to_string(v).map_err(|source| QueueError::Record {
+        key: key.to_string(),
+        source,
+    })
+}
+
+/// Outcome of recording one received instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// The same SOP Instance UID was already stored: nothing changes.
+    Duplicate,
+}
+
+impl Queue {
+    /// Opens (creating) `data_dir/queue.redb`.
+    pub fn open(data_dir: &Path) -> Result<Queue, QueueError> {
+        let db = Database::create(data_dir.join("queue.redb"))?;
+        let q = Queue { db: Arc::new(db) };
+        // Create the tables so read transactions never meet a missing one.
+        q.write(|_, _, _| Ok(()))?;
+        Ok(q)
+    }
+
+    /// Runs `f` in one durable write transaction over the three tables.
+    fn write<R>(
+        &self,
+        f: impl FnOnce(
+            &mut redb::Table<&str, &str>,
+            &mut redb::Table<&str, &str>,
+            &mut redb::Table<&str, &str>,
+        ) -> Result<R, QueueError>,
+    ) -> Result<R, QueueError> {
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let r = {
+            let mut series = tx.open_table(SERIES)?;
+            let mut instances = tx.open_table(INSTANCES)?;
+            let mut deliveries = tx.open_table(DELIVERIES)?;
+            f(&mut series, &mut instances, &mut deliveries)?
+        };
+        tx.commit()?;
+        Ok(r)
+    }
+
+    fn get_series(
+        table: &impl ReadableTable<&'static str, &'static str>,
+        series_uid: &str,
+    ) -> Result<Option<SeriesRecord>, QueueError> {
+        match table.get(series_uid)? {
+            Some(v) => Ok(Some(decode(series_uid, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_series(
+        table: &mut redb::Table<&str, &str>,
+        rec: &mut SeriesRecord,
+    ) -> Result<(), QueueError> {
+        rec.updated_ms = now_ms();
+        let v = encode(&rec.series_uid, rec)?;
+        table.insert(rec.series_uid.as_str(), v.as_str())?;
+        Ok(())
+    }
+
+    fn put_delivery(
+        table: &mut redb::Table<&str, &str>,
+        d: &mut Delivery,
+    ) -> Result<(), QueueError> {
+        d.updated_ms = now_ms();
+        let key = delivery_key(&d.series_uid, &d.destination);
+        let v = encode(&key, d)?;
+        table.insert(key.as_str(), v.as_str())?;
+        Ok(())
+    }
+
+    /// Records a stored instance. A new instance (re)opens its series for receiving, which
+    /// after the quiet period leads to a (new) scoring run.
+    pub fn record_instance(
+        &self,
+        study_uid: &str,
+        series_uid: &str,
+        sop_instance_uid: &str,
+    ) -> Result<Recorded, QueueError> {
+        self.write(|series, instances, _| {
+            if instances.get(sop_instance_uid)?.is_some() {
+                return Ok(Recorded::Duplicate);
+            }
+            instances.insert(sop_instance_uid, series_uid)?;
+            let now = now_ms();
+            let mut rec = Self::get_series(series, series_uid)?.unwrap_or(SeriesRecord {
+                study_uid: study_uid.to_string(),
+                series_uid: series_uid.to_string(),
+                state: SeriesState::Receiving,
+                instances: 0,
+                last_instance_ms: now,
+                generation: 0,
+                version: 0,
+                scoring_attempts: 0,
+                reason: None,
+                results: Vec::new(),
+                agatston_total: None,
+                updated_ms: now,
+                delivered_ms: None,
+            });
+            rec.instances += 1;
+            rec.last_instance_ms = now;
+            rec.generation += 1;
+            if rec.state != SeriesState::Receiving {
+                rec.state = SeriesState::Receiving;
+                rec.reason = None;
+                rec.delivered_ms = None;
+            }
+            Self::put_series(series, &mut rec)?;
+            Ok(Recorded::New)
+        })
+    }
+
+    /// Whether this SOP Instance UID is already stored.
+    pub fn has_instance(&self, sop_instance_uid: &str) -> Result<bool, QueueError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(INSTANCES)?;
+        Ok(t.get(sop_instance_uid)?.is_some())
+    }
+
+    /// Every series record.
+    pub fn all_series(&self) -> Result<Vec<SeriesRecord>, QueueError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SERIES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    pub fn series(&self, series_uid: &str) -> Result<Option<SeriesRecord>, QueueError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SERIES)?;
+        Self::get_series(&t, series_uid)
+    }
+
+    /// Every delivery record of one series.
+    pub fn deliveries(&self, series_uid: &str) -> Result<Vec<Delivery>, QueueError> {
+        Ok(self
+            .all_deliveries()?
+            .into_iter()
+            .filter(|d| d.series_uid == series_uid)
+            .collect())
+    }
+
+    pub fn all_deliveries(&self) -> Result<Vec<Delivery>, QueueError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(DELIVERIES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push(decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Receiving series quiet for `quiet` become complete. Returns the series moved.
+    pub fn complete_quiet(&self, quiet: Duration) -> Result<Vec<String>, QueueError> {
+        let cutoff = now_ms().saturating_sub(quiet.as_millis() as u64);
+        let due: Vec<SeriesRecord> = self
+            .all_series()?
+            .into_iter()
+            .filter(|r| r.state == SeriesState::Receiving && r.last_instance_ms <= cutoff)
+            .collect();
+        let mut moved = Vec::new();
+        for r in due {
+            let done = self.write(|series, _, _| {
+                match Self::get_series(series, &r.series_uid)? {
+                    // Re-checked inside the transaction: an instance may have arrived since.
+                    Some(mut cur)
+                        if cur.state == SeriesState::Receiving
+                            && cur.last_instance_ms <= cutoff =>
+                    {
+                        cur.state = SeriesState::Complete;
+                        Self::put_series(series, &mut cur)?;
+                        Ok(true)
+                    }
+                    _ => Ok(false),
+                }
+            })?;
+            if done {
+                moved.push(r.series_uid);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Picks the next series to score: one left in `scoring` by a crash (same version again),
+    /// else the oldest `complete` one (next version). Returns the record as it now stands, in
+    /// state `scoring`; a series that crashed the scorer too often is failed instead.
+    pub fn start_scoring(&self) -> Result<Option<SeriesRecord>, QueueError> {
+        let mut candidates: Vec<SeriesRecord> = self
+            .all_series()?
+            .into_iter()
+            .filter(|r| matches!(r.state, SeriesState::Scoring | SeriesState::Complete))
+            .collect();
+        // Interrupted runs first, then in order of arrival.
+        candidates.sort_by_key(|r| (r.state != SeriesState::Scoring, r.last_instance_ms));
+        for c in candidates {
+            let got = self.write(|series, _, _| {
+                let Some(mut cur) = Self::get_series(series, &c.series_uid)? else {
+                    return Ok(None);
+                };
+                match cur.state {
+                    SeriesState::Complete => {
+                        cur.version += 1;
+                        cur.scoring_attempts = 1;
+                    }
+                    SeriesState::Scoring if cur.scoring_attempts >= MAX_SCORING_ATTEMPTS => {
+                        cur.state = SeriesState::Failed;
+                        cur.reason = Some(format!(
+                            "scoring did not finish in {MAX_SCORING_ATTEMPTS} attempts"
+                        ));
+                        Self::put_series(series, &mut cur)?;
+                        return Ok(None);
+                    }
+                    SeriesState::Scoring => cur.scoring_attempts += 1,
+                    _ => return Ok(None),
+                }
+                cur.state = SeriesState::Scoring;
+                cur.reason = None;
+                Self::put_series(series, &mut cur)?;
+                Ok(Some(cur))
+            })?;
+            if got.is_some() {
+                return Ok(got);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Ends a scoring run started at `generation`. Returns false (and changes nothing) when
+    /// new instances arrived meanwhile: that run is stale and a new one will follow.
+    pub fn finish_scoring(
+        &self,
+        series_uid: &str,
+        generation: u64,
+        end: ScoringEnd,
+    ) -> Result<bool, QueueError> {
+        self.write(|series, _, _| {
+            let Some(mut cur) = Self::get_series(series, series_uid)? else {
+                return Ok(false);
+            };
+            if cur.state != SeriesState::Scoring || cur.generation != generation {
+                return Ok(false);
+            }
+            match end {
+                ScoringEnd::Scored {
+                    results,
+                    agatston_total,
+                } => {
+                    cur.state = SeriesState::Scored;
+                    cur.results = results;
+                    cur.agatston_total = agatston_total;
+                }
+                ScoringEnd::Rejected { reason } => {
+                    cur.state = SeriesState::Rejected;
+                    cur.reason = Some(reason);
+                }
+                ScoringEnd::Failed { reason } => {
+                    cur.state = SeriesState::Failed;
+                    cur.reason = Some(reason);
+                }
+            }
+            Self::put_series(series, &mut cur)?;
+            Ok(true)
+        })
+    }
+
+    /// Moves every `scored` series to `forwarding` with one pending delivery per destination
+    /// (or straight to `delivered` when there is none: results stay in the outbox), and makes
+    /// sure series already forwarding have a delivery record for every current destination.
+    pub fn start_forwarding(&self, destinations: &[String]) -> Result<Vec<String>, QueueError> {
+        let todo: Vec<SeriesRecord> = self
+            .all_series()?
+            .into_iter()
+            .filter(|r| matches!(r.state, SeriesState::Scored | SeriesState::Forwarding))
+            .collect();
+        let mut moved = Vec::new();
+        for r in todo {
+            let changed = self.write(|series, _, deliveries| {
+                let Some(mut cur) = Self::get_series(series, &r.series_uid)? else {
+                    return Ok(false);
+                };
+                let fresh = match cur.state {
+                    SeriesState::Scored => true,
+                    SeriesState::Forwarding => false,
+                    _ => return Ok(false),
+                };
+                let now = now_ms();
+                for dest in destinations {
+                    let key = delivery_key(&cur.series_uid, dest);
+                    let existing: Option<Delivery> = match deliveries.get(key.as_str())? {
+                        Some(v) => Some(decode(&key, v.value())?),
+                        None => None,
+                    };
+                    if existing.as_ref().is_some_and(|d| d.version == cur.version) {
+                        continue;
+                    }
+                    let mut d = Delivery {
+                        series_uid: cur.series_uid.clone(),
+                        destination: dest.clone(),
+                        version: cur.version,
+                        state: DeliveryState::Pending,
+                        attempts: 0,
+                        next_attempt_ms: now,
+                        last_error: None,
+                        updated_ms: now,
+                    };
+                    Self::put_delivery(deliveries, &mut d)?;
+                }
+                if fresh {
+                    if destinations.is_empty() {
+                        cur.state = SeriesState::Delivered;
+                        cur.delivered_ms = Some(now);
+                    } else {
+                        cur.state = SeriesState::Forwarding;
+                    }
+                    Self::put_series(series, &mut cur)?;
+                }
+                Ok(fresh)
+            })?;
+            if changed {
+                moved.push(r.series_uid);
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Deliveries to `destination` that are due now, with the result files to send.
+    pub fn due_deliveries(
+        &self,
+        destination: &str,
+    ) -> Result<Vec<(Delivery, SeriesRecord)>, QueueError> {
+        let now = now_ms();
+        let tx = self.db.begin_read()?;
+        let series = tx.open_table(SERIES)?;
+        let deliveries = tx.open_table(DELIVERIES)?;
+        let mut out = Vec::new();
+        for item in deliveries.iter()? {
+            let (k, v) = item?;
+            let d: Delivery = decode(k.value(), v.value())?;
+            if d.destination != destination
+                || d.state != DeliveryState::Pending
+                || d.next_attempt_ms > now
+            {
+                continue;
+            }
+            if let Some(s) = Self::get_series(&series, &d.series_uid)? {
+                if s.state == SeriesState::Forwarding && s.version == d.version {
+                    out.push((d, s));
+                }
+            }
+        }
+        out.sort_by_key(|(d, _)| d.next_attempt_ms);
+        Ok(out)
+    }
+
+    /// Records one delivery attempt; when every destination of the series has an end, the
+    /// series becomes `delivered` (all delivered) or `failed` (the reasons of those that failed).
+    /// Returns the series state afterwards.
+    pub fn record_attempt(
+        &self,
+        series_uid: &str,
+        destination: &str,
+        version: u32,
+        attempt: Attempt,
+    ) -> Result<Option<SeriesState>, QueueError> {
+        self.write(|series, _, deliveries| {
+            let key = delivery_key(series_uid, destination);
+            let mut d: Delivery = match deliveries.get(key.as_str())? {
+                Some(v) => decode(&key, v.value())?,
+                None => return Ok(None),
+            };
+            if d.version != version || d.state != DeliveryState::Pending {
+                return Ok(None);
+            }
+            d.attempts += 1;
+            match attempt {
+                Attempt::Delivered => {
+                    d.state = DeliveryState::Delivered;
+                    d.last_error = None;
+                }
+                Attempt::Transient { error, retry_at_ms } => {
+                    d.last_error = Some(error);
+                    d.next_attempt_ms = retry_at_ms;
+                }
+                Attempt::Permanent { error } => {
+                    d.state = DeliveryState::Failed;
+                    d.last_error = Some(error);
+                }
+            }
+            Self::put_delivery(deliveries, &mut d)?;
+            let Some(mut cur) = Self::get_series(series, series_uid)? else {
+                return Ok(None);
+            };
+            if cur.state != SeriesState::Forwarding || cur.version != version {
+                return Ok(Some(cur.state));
+            }
+            let prefix = format!("{series_uid}\n");
+            let mut all: Vec<Delivery> = Vec::new();
+            for item in deliveries.range(prefix.as_str()..)? {
+                let (k, v) = item?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                all.push(decode(k.value(), v.value())?);
+            }
+            let current: Vec<&Delivery> = all.iter().filter(|d| d.version == version).collect();
+            if current.iter().any(|d| d.state == DeliveryState::Pending) {
+                return Ok(Some(cur.state));
+            }
+            let failed: Vec<String> = current
+                .iter()
+                .filter(|d| d.state == DeliveryState::Failed)
+                .map(|d| {
+                    format!(
+                        "{}: {}",
+                        d.destination,
+                        d.last_error.as_deref().unwrap_or("failed")
+                    )
+                })
+                .collect();
+            if failed.is_empty() {
+                cur.state = SeriesState::Delivered;
+                cur.delivered_ms = Some(now_ms());
+            } else {
+                cur.state = SeriesState::Failed;
+                cur.reason = Some(failed.join("; "));
+            }
+            Self::put_series(series, &mut cur)?;
+            Ok(Some(cur.state))
+        })
+    }
+
+    /// Delivered series older than `retention`.
+    pub fn prunable(&self, retention: Duration) -> Result<Vec<SeriesRecord>, QueueError> {
+        let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
+        Ok(self
+            .all_series()?
+            .into_iter()
+            .filter(|r| {
+                r.state == SeriesState::Delivered && r.delivered_ms.is_some_and(|t| t <= cutoff)
+            })
+            .collect())
+    }
+
+    /// Forgets a series (after its files were removed), if it is still delivered.
+    pub fn remove_series(&self, series_uid: &str) -> Result<bool, QueueError> {
+        self.write(|series, instances, deliveries| {
+            match Self::get_series(series, series_uid)? {
+                Some(cur) if cur.state == SeriesState::Delivered => {}
+                _ => return Ok(false),
+            }
+            series.remove(series_uid)?;
+            instances.retain(|_, s| s != series_uid)?;
+            let prefix = format!("{series_uid}\n");
+            deliveries.retain(|k, _| !k.starts_with(&prefix))?;
+            Ok(true)
+        })
+    }
+
+    /// Count of series per state, for logs and the status port.
+    pub fn counts(&self) -> Result<BTreeMap<String, usize>, QueueError> {
+        let mut m = BTreeMap::new();
+        for r in self.all_series()? {
+            let name = serde_json::to_value(r.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            *m.entry(name).or_insert(0) += 1;
+        }
+        Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q() -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        (dir, q)
+    }
+
+    #[test]
+    fn a_series_walks_the_whole_path_and_survives_reopen() {
+        let (dir, q) = q();
+        assert_eq!(q.record_instance("st", "se", "i1").unwrap(), Recorded::New);
+        assert_eq!(q.record_instance("st", "se", "i2").unwrap(), Recorded::New);
+        assert_eq!(
+            q.record_instance("st", "se", "i1").unwrap(),
+            Recorded::Duplicate
+        );
+        assert_eq!(q.series("se").unwrap().unwrap().instances, 2);
+        assert!(q
+            .complete_quiet(Duration::from_secs(60))
+            .unwrap()
+            .is_empty());
+        assert_eq!(q.complete_quiet(Duration::ZERO).unwrap(), vec!["se"]);
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!(
+            (s.state, s.version, s.scoring_attempts),
+            (SeriesState::Scoring, 1, 1)
+        );
+        drop(q);
+        // A crash during scoring: the same version is scored again.
+        let q = Queue::open(dir.path()).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.scoring_attempts), (1, 2));
+        let end = ScoringEnd::Scored {
+            results: vec![PathBuf::from("a.dcm")],
+            agatston_total: Some(12.0),
+        };
+        assert!(q.finish_scoring("se", s.generation, end).unwrap());
+        let dests = vec!["A".to_string(), "B".to_string()];
+        assert_eq!(q.start_forwarding(&dests).unwrap(), vec!["se"]);
+        assert_eq!(q.due_deliveries("A").unwrap().len(), 1);
+        let st = q
+            .record_attempt(
+                "se",
+                "A",
+                1,
+                Attempt::Transient {
+                    error: "refused".into(),
+                    retry_at_ms: now_ms() + 60_000,
+                },
+            )
+            .unwrap();
+        assert_eq!(st, Some(SeriesState::Forwarding));
+        assert!(q.due_deliveries("A").unwrap().is_empty(), "backing off");
+        assert_eq!(
+            q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap(),
+            Some(SeriesState::Forwarding)
+        );
+        assert_eq!(
+            q.record_attempt("se", "A", 1, Attempt::Delivered).unwrap(),
+            Some(SeriesState::Delivered)
+        );
+        let a = q
+            .deliveries("se")
+            .unwrap()
+            .into_iter()
+            .find(|d| d.destination == "A")
+            .unwrap();
+        assert_eq!(a.attempts, 2);
+        assert_eq!(q.prunable(Duration::ZERO).unwrap().len(), 1);
+        assert!(q.remove_series("se").unwrap());
+        assert!(q.all_series().unwrap().is_empty());
+        assert!(!q.has_instance("i1").unwrap());
+    }
+
+    #[test]
+    fn late_instances_make_running_work_stale_and_bump_the_version() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        q.record_instance("st", "se", "i2").unwrap();
+        let end = ScoringEnd::Scored {
+            results: vec![],
+            agatston_total: None,
+        };
+        assert!(!q.finish_scoring("se", s.generation, end.clone()).unwrap());
+        assert_eq!(
+            q.series("se").unwrap().unwrap().state,
+            SeriesState::Receiving
+        );
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s2 = q.start_scoring().unwrap().unwrap();
+        assert_eq!(s2.version, 2);
+        assert!(q.finish_scoring("se", s2.generation, end).unwrap());
+        // No destination: delivered locally.
+        q.start_forwarding(&[]).unwrap();
+        assert_eq!(
+            q.series("se").unwrap().unwrap().state,
+            SeriesState::Delivered
+        );
+        // An instance after delivery reopens the series.
+        q.record_instance("st", "se", "i3").unwrap();
+        assert_eq!(
+            q.series("se").unwrap().unwrap().state,
+            SeriesState::Receiving
+        );
+    }
+
+    #[test]
+    fn permanent_failure_at_one_destination_fails_the_series_with_reason() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        let end = ScoringEnd::Scored {
+            results: vec![],
+            agatston_total: None,
+        };
+        q.finish_scoring("se", s.generation, end).unwrap();
+        q.start_forwarding(&["A".into(), "B".into()]).unwrap();
+        q.record_attempt(
+            "se",
+            "A",
+            1,
+            Attempt::Permanent {
+                error: "called AE not recognised".into(),
+            },
+        )
+        .unwrap();
+        let st = q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap();
+        assert_eq!(st, Some(SeriesState::Failed));
+        let r = q.series("se").unwrap().unwrap();
+        assert!(r.reason.unwrap().contains("A: called AE not recognised"));
+        assert!(
+            q.prunable(Duration::ZERO).unwrap().is_empty(),
+            "undelivered is never pruned"
+        );
+    }
+
+    #[test]
+    fn a_series_that_keeps_crashing_the_scorer_fails() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        for _ in 0..MAX_SCORING_ATTEMPTS {
+            assert!(q.start_scoring().unwrap().is_some());
+        }
+        assert!(q.start_scoring().unwrap().is_none());
+        assert_eq!(q.series("se").unwrap().unwrap().state, SeriesState::Failed);
+    }
+}

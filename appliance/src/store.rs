@@ -1,0 +1,473 @@
+//! Durable instance store: `data/studies/<study>/<series>/<sop>.dcm`.
+//!
+//! An instance is streamed into a temp file under `data/tmp/` (preamble, file meta built from the
+//! C-STORE command, then the dataset bytes exactly as they arrived), fsynced, checked, renamed into
+//! place and its directory fsynced. Only after that does the SCP answer 0x0000, so an
+//! acknowledged instance survives a power cut.
+
+use std::fs::{self, File};
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use dicom_dictionary_std::tags;
+use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
+use sha2::{Digest, Sha256};
+
+/// CT Image Storage and Enhanced CT Image Storage: the only SOP classes we take.
+pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
+pub const ENHANCED_CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
+pub const ACCEPTED_SOP_CLASSES: [&str; 2] = [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE];
+
+/// Implementation identity written into the file meta of stored instances.
+const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1481.1";
+const IMPLEMENTATION_VERSION: &str = "CACD";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Writing failed (disk full, I/O error): the instance is not stored; answer A700.
+    #[error("writing {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The data cannot be what it claims: answer C000-class.
+    #[error("invalid instance: {0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Short, stable stand-in for a UID in logs (no patient-linkable identifiers in log lines).
+pub fn uid_hash(uid: &str) -> String {
+    let digest = Sha256::digest(uid.trim_end_matches(['\0', ' ']).as_bytes());
+    hex::encode(&digest[..6])
+}
+
+/// A UID as a single path component: UIDs are digits and dots; anything else is replaced, and
+/// a hash suffix keeps replaced names from colliding.
+pub fn sanitize_uid(uid: &str) -> String {
+    let uid = uid.trim_end_matches(['\0', ' ']);
+    let clean: String = uid
+        .chars()
+        .map(|c| match c {
+            '0'..='9' | 'a'..='z' | 'A'..='Z' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .take(96)
+        .collect();
+    if clean == uid && !clean.is_empty() && clean != "." && clean != ".." {
+        clean
+    } else {
+        format!("x{}-{}", clean.replace('.', "_"), uid_hash(uid))
+    }
+}
+
+/// The instance store rooted at the data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// An instance whose bytes are being written to a temp file.
+pub struct Incoming {
+    path: PathBuf,
+    file: BufWriter<File>,
+    sop_class_uid: String,
+    sop_instance_uid: String,
+}
+
+/// An instance checked and fsynced in its temp file, ready to be moved into place.
+#[derive(Debug)]
+pub struct Staged {
+    tmp: PathBuf,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_instance_uid: String,
+}
+
+impl Store {
+    /// Opens (creating) the store under `data_dir`; leftover temp files of a crash are removed
+    /// (their instances were never acknowledged).
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        let store = Store {
+            root: data_dir.to_path_buf(),
+        };
+        for dir in [store.studies_dir(), store.tmp_dir(), store.outbox_dir()] {
+            fs::create_dir_all(&dir).map_err(io(&dir))?;
+        }
+        let tmp = store.tmp_dir();
+        for entry in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        Ok(store)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn studies_dir(&self) -> PathBuf {
+        self.root.join("studies")
+    }
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.root.join("outbox")
+    }
+    fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+
+    pub fn series_dir(&self, study_uid: &str, series_uid: &str) -> PathBuf {
+        self.studies_dir()
+            .join(sanitize_uid(study_uid))
+            .join(sanitize_uid(series_uid))
+    }
+
+    pub fn study_dir(&self, study_uid: &str) -> PathBuf {
+        self.studies_dir().join(sanitize_uid(study_uid))
+    }
+
+    /// Where the results of one series (one folder per result version) are written.
+    pub fn outbox_series_dir(&self, study_uid: &str, series_uid: &str) -> PathBuf {
+        self.outbox_dir()
+            .join(sanitize_uid(study_uid))
+            .join(sanitize_uid(series_uid))
+    }
+
+    /// Starts a temp file for an instance announced by a C-STORE command.
+    pub fn begin(
+        &self,
+        sop_class_uid: &str,
+        sop_instance_uid: &str,
+        transfer_syntax: &str,
+    ) -> Result<Incoming, StoreError> {
+        let sop_class_uid = sop_class_uid.trim_end_matches(['\0', ' ']).to_string();
+        let sop_instance_uid = sop_instance_uid.trim_end_matches(['\0', ' ']).to_string();
+        let meta = FileMetaTableBuilder::new()
+            .media_storage_sop_class_uid(sop_class_uid.as_str())
+            .media_storage_sop_instance_uid(sop_instance_uid.as_str())
+            .transfer_syntax(transfer_syntax)
+            .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
+            .implementation_version_name(IMPLEMENTATION_VERSION)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("file meta: {e}")))?;
+        let unique = format!(
+            "{}-{}-{:x}.part",
+            std::process::id(),
+            uid_hash(&sop_instance_uid),
+            rand::random::<u64>()
+        );
+        let path = self.tmp_dir().join(unique);
+        let file = File::create(&path).map_err(io(&path))?;
+        let mut file = BufWriter::with_capacity(256 * 1024, file);
+        file.write_all(&[0u8; 128]).map_err(io(&path))?;
+        file.write_all(b"DICM").map_err(io(&path))?;
+        meta.write(&mut file)
+            .map_err(|e| StoreError::Invalid(format!("file meta: {e}")))?;
+        Ok(Incoming {
+            path,
+            file,
+            sop_class_uid,
+            sop_instance_uid,
+        })
+    }
+
+    /// Moves a staged instance into `studies/<study>/<series>/<sop>.dcm` and fsyncs the
+    /// directories it touched. Replaces an earlier copy of the same instance.
+    pub fn commit(&self, staged: Staged) -> Result<PathBuf, StoreError> {
+        let dir = self.series_dir(&staged.study_uid, &staged.series_uid);
+        // Paths hold UIDs: errors name hashes instead, so log lines carry no identifiers.
+        let label = PathBuf::from(format!(
+            "studies/{}/{}",
+            uid_hash(&staged.study_uid),
+            uid_hash(&staged.series_uid)
+        ));
+        let redact = |e: StoreError| match e {
+            StoreError::Io { source, .. } => io(&label)(source),
+            other => other,
+        };
+        create_dir_durable(&dir).map_err(redact)?;
+        let dest = dir.join(format!("{}.dcm", sanitize_uid(&staged.sop_instance_uid)));
+        fs::rename(&staged.tmp, &dest).map_err(io(&label))?;
+        fsync_dir(&dir).map_err(redact)?;
+        Ok(dest)
+    }
+
+    /// Free bytes and free percentage of the file system holding the store.
+    pub fn free_space(&self) -> Result<(u64, f64), StoreError> {
+        let st = rustix::fs::statvfs(&self.root).map_err(|e| StoreError::Io {
+            path: self.root.display().to_string(),
+            source: e.into(),
+        })?;
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        let total = st.f_blocks.saturating_mul(st.f_frsize).max(1);
+        Ok((free, free as f64 * 100.0 / total as f64))
+    }
+
+    /// Whether there is room for more instances under the configured watermark.
+    pub fn has_room(&self, min_free_bytes: u64, min_free_percent: f64) -> bool {
+        match self.free_space() {
+            Ok((bytes, pct)) => bytes >= min_free_bytes && pct >= min_free_percent,
+            Err(_) => false,
+        }
+    }
+}
+
+impl Incoming {
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.file.write_all(bytes).map_err(io(&self.path))
+    }
+
+    /// Drops the temp file (a failed or aborted transfer).
+    pub fn discard(self) {
+        let Incoming { path, file, .. } = self;
+        drop(file);
+        let _ = fs::remove_file(path);
+    }
+
+    /// Flushes and fsyncs the temp file, then checks the dataset: it must parse, be the SOP
+    /// class and instance the command announced, be CT, and carry study and series UIDs.
+    pub fn finish(self) -> Result<Staged, StoreError> {
+        let Incoming {
+            path,
+            file,
+            sop_class_uid,
+            sop_instance_uid,
+        } = self;
+        let result = (|| {
+            let file = file.into_inner().map_err(|e| StoreError::Io {
+                path: path.display().to_string(),
+                source: e.into_error(),
+            })?;
+            file.sync_all().map_err(io(&path))?;
+            drop(file);
+            check_instance(&path, &sop_class_uid, &sop_instance_uid)
+        })();
+        match result {
+            Ok((study_uid, series_uid)) => Ok(Staged {
+                tmp: path,
+                study_uid,
+                series_uid,
+                sop_instance_uid,
+            }),
+            Err(e) => {
+                let _ = fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Staged {
+    /// Drops the temp file (e.g. a duplicate that is already stored).
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+fn check_instance(
+    path: &Path,
+    sop_class_uid: &str,
+    sop_instance_uid: &str,
+) -> Result<(String, String), StoreError> {
+    if !ACCEPTED_SOP_CLASSES.contains(&sop_class_uid) {
+        return Err(StoreError::Invalid(format!(
+            "SOP class {sop_class_uid} is not CT image storage"
+        )));
+    }
+    let obj = OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .open_file(path)
+        .map_err(|e| StoreError::Invalid(format!("dataset does not parse: {e}")))?;
+    let get = |tag, name: &str| -> Result<String, StoreError> {
+        let v = obj
+            .element_opt(tag)
+            .ok()
+            .flatten()
+            .and_then(|e| e.to_str().ok())
+            .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+            .unwrap_or_default();
+        if v.is_empty() {
+            Err(StoreError::Invalid(format!("missing {name}")))
+        } else {
+            Ok(v)
+        }
+    };
+    let class = get(tags::SOP_CLASS_UID, "SOPClassUID")?;
+    let instance = get(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
+    if class != sop_class_uid {
+        return Err(StoreError::Invalid(
+            "dataset SOPClassUID differs from the C-STORE command".into(),
+        ));
+    }
+    if instance != sop_instance_uid {
+        return Err(StoreError::Invalid(
+            "dataset SOPInstanceUID differs from the C-STORE command".into(),
+        ));
+    }
+    let study = get(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
+    let series = get(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+    Ok((study, series))
+}
+
+/// `create_dir_all` that also fsyncs each parent whose entry it created.
+pub fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(io(dir)(e)),
+    }
+    if let Some(parent) = dir.parent() {
+        fsync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Makes a directory's entries (a rename, a new file) durable.
+pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// Writes `bytes` to `path` durably: temp file, fsync, rename, fsync of the directory.
+pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_dir_durable(dir)?;
+    let tmp = path.with_extension("part");
+    let mut f = File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(io(path))?;
+    fsync_dir(dir)
+}
+
+/// The `.dcm` files of one series folder, sorted by name.
+pub fn list_instances(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dicom_core::{DataElement, PrimitiveValue, VR};
+    use dicom_object::InMemDicomObject;
+    use dicom_transfer_syntax_registry::entries::EXPLICIT_VR_LITTLE_ENDIAN;
+
+    fn dataset(class: &str, sop: &str, study: Option<&str>) -> Vec<u8> {
+        let mut obj = InMemDicomObject::new_empty();
+        obj.put(DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            PrimitiveValue::from(class),
+        ));
+        obj.put(DataElement::new(
+            tags::SOP_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from(sop),
+        ));
+        if let Some(study) = study {
+            obj.put(DataElement::new(
+                tags::STUDY_INSTANCE_UID,
+                VR::UI,
+                PrimitiveValue::from(study),
+            ));
+        }
+        obj.put(DataElement::new(
+            tags::SERIES_INSTANCE_UID,
+            VR::UI,
+            PrimitiveValue::from("1.2.3.4"),
+        ));
+        let mut out = Vec::new();
+        obj.write_dataset_with_ts(&mut out, &EXPLICIT_VR_LITTLE_ENDIAN.erased())
+            .unwrap();
+        out
+    }
+
+    #[test]
+    fn stores_a_valid_instance_durably_and_readably() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut inc = store
+            .begin(CT_IMAGE_STORAGE, "1.2.3.4.5\0", "1.2.840.10008.1.2.1")
+            .unwrap();
+        let bytes = dataset(CT_IMAGE_STORAGE, "1.2.3.4.5", Some("1.2.3"));
+        let (a, b) = bytes.split_at(bytes.len() / 2);
+        inc.write(a).unwrap();
+        inc.write(b).unwrap();
+        let staged = inc.finish().unwrap();
+        assert_eq!(staged.study_uid, "1.2.3");
+        assert_eq!(staged.series_uid, "1.2.3.4");
+        let path = store.commit(staged).unwrap();
+        assert_eq!(path, dir.path().join("studies/1.2.3/1.2.3.4/1.2.3.4.5.dcm"));
+        let obj = dicom_object::open_file(&path).unwrap();
+        assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.3.4.5");
+        assert_eq!(
+            list_instances(&path.parent().unwrap().to_path_buf()),
+            vec![path]
+        );
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn refuses_mismatched_incomplete_or_garbage_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let cases = [
+            (
+                CT_IMAGE_STORAGE,
+                "9.9",
+                dataset(CT_IMAGE_STORAGE, "1.1", Some("1")),
+            ),
+            (
+                CT_IMAGE_STORAGE,
+                "1.1",
+                dataset(CT_IMAGE_STORAGE, "1.1", None),
+            ),
+            (
+                "1.2.840.10008.5.1.4.1.1.4",
+                "1.1",
+                dataset("1.2.840.10008.5.1.4.1.1.4", "1.1", Some("1")),
+            ),
+            (
+                CT_IMAGE_STORAGE,
+                "1.1",
+                b"\x08\x00\x18\x00UI\xff\x7fgarbage".to_vec(),
+            ),
+        ];
+        for (class, sop, bytes) in cases {
+            let mut inc = store.begin(class, sop, "1.2.840.10008.1.2.1").unwrap();
+            inc.write(&bytes).unwrap();
+            assert!(matches!(inc.finish(), Err(StoreError::Invalid(_))));
+        }
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn odd_uids_become_safe_distinct_names() {
+        assert_eq!(sanitize_uid("1.2.840.1\0"), "1.2.840.1");
+        let a = sanitize_uid("../etc");
+        let b = sanitize_uid("__/etc");
+        assert!(!a.contains('/') && !a.starts_with('.'));
+        assert_ne!(a, b);
+        assert_ne!(sanitize_uid(".."), "..");
+        assert_eq!(uid_hash("1.2.3").len(), 12);
+    }
+}
