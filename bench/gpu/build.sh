@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Builds the two binaries bench/gpu/run.sh runs on the GPU machine (which has no Rust
+# toolchain) and puts them in bench/gpu/bin/ (git-ignored): the bench and the parity tests.
+# Run from anywhere on the build machine; takes the CUDA 13.0 feature set (`cuda`).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=bench/gpu/bin
+mkdir -p "$out"
+cargo build --release -p cacd --features cuda --bin cacd-gpu-bench
+target="${CARGO_TARGET_DIR:-target}"
+cp "$target/release/cacd-gpu-bench" "$out/cacd-gpu-bench"
+# The integration-test executable's name carries a hash: ask cargo for it.
+test_exe="$(cargo test --release -p cacd --features cuda --test gpu_parity --no-run \
+    --message-format=json 2>/dev/null \
+  | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("target", {}).get("name") == "gpu_parity" and m.get("executable"):
+        print(m["executable"])')"
+[ -n "$test_exe" ] || { echo "could not find the gpu_parity test executable" >&2; exit 1; }
+cp "$test_exe" "$out/gpu_parity"
+# Debug info is not needed there and the carry to the GPU machine is size-limited.
+strip "$out/cacd-gpu-bench" "$out/gpu_parity"
+ls -la "$out"

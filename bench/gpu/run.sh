@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# GPU preprocessing check on the GPU machine, from binaries built beforehand with
+# bench/gpu/build.sh (that machine has no Rust toolchain). Run from the repository root:
+#   bash bench/gpu/run.sh
+# Steps: device facts, parity tests (GPU vs CPU), the CPU fallback without NVRTC, the bench
+# (kernels vs copy bandwidth, CPU path, whole preprocessing), the PyTorch reference, and a
+# side-by-side summary. Every step runs under `timeout`, a failing step does not stop the
+# others, and the whole script stays inside a 285 s budget. Logs and JSON go to $OUT (the
+# device runner's result folder) or /tmp/cacd-gpu-bench.
+set -u
+cd "$(dirname "$0")/../.."
+BIN=bench/gpu/bin
+RES="${OUT:-/tmp/cacd-gpu-bench}"
+mkdir -p "$RES"
+PY=/opt/torch/.venv/bin/python
+[ -x "$PY" ] || PY=python3
+CUDA_LIBS=/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/nvidia/lib64
+export LD_LIBRARY_PATH="$CUDA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export RUST_BACKTRACE=1
+BUDGET=285
+declare -a SUMMARY=()
+
+# step NAME TIMEOUT_S CMD... : header, bounded run, status line; never exits the script.
+step() {
+  local name="$1" limit="$2"
+  shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -le 5 ]; then
+    echo "== SKIP $name: time budget spent"
+    SUMMARY+=("$name: skipped (budget)")
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit="$left"
+  echo
+  echo "=================================================================="
+  echo "== $name   (limit ${limit}s, t=${SECONDS}s)"
+  echo "=================================================================="
+  local t0=$SECONDS
+  timeout --kill-after=5 "$limit" "$@" 2>&1 | tee "$RES/$(echo "$name" | tr ' /' '__').log"
+  local rc=${PIPESTATUS[0]}
+  local took=$((SECONDS - t0))
+  if [ "$rc" -eq 0 ]; then
+    SUMMARY+=("$name: ok (${took}s)")
+  elif [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
+    SUMMARY+=("$name: TIMED OUT after ${took}s")
+  else
+    SUMMARY+=("$name: FAILED rc=$rc (${took}s)")
+  fi
+  echo "-- $name: rc=$rc, ${took}s"
+}
+
+echo "cacd GPU preprocessing check, $(date -u +%FT%TZ), host $(hostname)"
+for b in cacd-gpu-bench gpu_parity; do
+  [ -x "$BIN/$b" ] || echo "MISSING $BIN/$b: build it first with bench/gpu/build.sh (and carry bench/gpu/bin)"
+done
+
+step "device" 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+step "parity tests" 90 "$BIN/gpu_parity" --test-threads=1 --nocapture
+# libcuda present but NVRTC hidden: every test must skip with a reason, none may panic.
+step "cpu fallback without nvrtc" 30 env LD_LIBRARY_PATH=/usr/local/nvidia/lib64 "$BIN/gpu_parity" --test-threads=1 --nocapture nothing_resident
+step "bench" 120 "$BIN/cacd-gpu-bench" --reps 20 --cpu-reps 2 --json "$RES/bench.json" --config-out "$RES/config.json"
+if [ -f "$RES/config.json" ]; then
+  step "torch reference" 100 "$PY" bench/gpu/torch_ref.py --config "$RES/config.json" --json "$RES/torch.json"
+else
+  step "torch reference" 100 "$PY" bench/gpu/torch_ref.py --json "$RES/torch.json"
+fi
+step "summary" 15 "$PY" - "$RES/bench.json" "$RES/torch.json" <<'PYEOF'
+import json, sys
+try:
+    ours = json.load(open(sys.argv[1]))
+except Exception as e:
+    sys.exit(f"no bench results: {e}")
+try:
+    torch_ms = json.load(open(sys.argv[2]))["torch_ms"]
+except Exception as e:
+    print(f"(no torch results: {e})")
+    torch_ms = {}
+copy = ours["copy"]["gbs"]
+print(f"device {ours['device']}, copy floor {copy:.0f} GB/s")
+print(f"{'kernel':<28}{'ms':>10}{'GB/s':>9}{'% copy':>8}   target >= 60 %")
+for k in ours["kernels"]:
+    flag = "" if "H2D" in k["name"] else ("ok" if k["pct_of_copy"] >= 60 else "BELOW")
+    print(f"{k['name']:<28}{k['ms']:>10.4f}{k['gbs']:>9.0f}{k['pct_of_copy']:>7.0f}%   {flag}")
+o = ours["ours_ms"]
+print(f"\n{'op':<16}{'cacd ms':>10}{'torch ms':>10}{'torch/cacd':>12}")
+for op in ["copy", "rescale", "clip_normalise", "coarse", "fine", "mask"]:
+    t = torch_ms.get(op)
+    ratio = f"{t / o[op]:.2f}x" if t and o.get(op) else "-"
+    print(f"{op:<16}{o.get(op, float('nan')):>10.4f}{(t if t else float('nan')):>10.4f}{ratio:>12}")
+ours_dev = o["rescale"] + o["coarse"] + o["fine"] + o["mask"]
+if "total" in torch_ms:
+    print(f"{'device total':<16}{ours_dev:>10.4f}{torch_ms['total']:>10.4f}{torch_ms['total'] / ours_dev:>11.2f}x"
+          "   (torch total includes its int16->float conversion)")
+cpu = ours["cpu_ms"]["total"]
+print(f"\nCPU path {cpu:.1f} ms; GPU whole preprocessing {ours['gpu_total_ms']:.2f} ms (wall, incl. transfers) "
+      f"= {ours['speedup_vs_cpu']:.1f}x (target >= 20x); kernels only {ours['gpu_kernels_ms']:.3f} ms = {cpu / ours['gpu_kernels_ms']:.0f}x")
+print(f"parity at full size: {ours['parity']}")
+PYEOF
+
+echo
+echo "=================================================================="
+echo "== done in ${SECONDS}s; results in $RES"
+for s in "${SUMMARY[@]}"; do echo "   $s"; done
