@@ -1,0 +1,184 @@
+//! Stage "infer": the two-network segmentation of docs/ARCHITECTURE.md.
+//!
+//! heart locator on the coarse grid → heart box → fine crop centred on it → per-vessel calcium
+//! segmenter → class probabilities mapped back to the native grid (HU ≥ 130 voxels only).
+
+use crate::preprocess::{self, GridSpec, HeartBox, PreprocessError};
+use crate::result::ModelInfo;
+use crate::volume::Volume;
+use cacd_models::{
+    load_engine, Engine, EngineKind, EngineOptions, Manifest, ModelEntry, ModelError,
+};
+use ndarray::Array3;
+use std::path::Path;
+use std::time::Instant;
+
+/// Labels the calcium model must output, in this order (0 = background, then `Vessel` labels).
+pub const CALCIUM_LABELS: [&str; 5] = ["background", "LM", "LAD", "LCX", "RCA"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("model manifest: {0}")]
+    Manifest(String),
+    #[error("model grid: {0}")]
+    Grid(#[from] PreprocessError),
+    #[error("heart not found: no heart-sized region in the scanned volume")]
+    HeartNotFound,
+    #[error("model output shape {actual:?}, expected {expected:?}")]
+    OutputShape {
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+}
+
+/// The mask of one study and how it was found.
+#[derive(Debug, Clone)]
+pub struct Segmentation {
+    /// Native grid `[z, y, x]`: 0, or a `Vessel` label for calcium candidates (HU ≥ 130).
+    pub mask: Array3<u8>,
+    pub heart: HeartBox,
+    pub preprocess_ms: u64,
+    pub infer_ms: u64,
+}
+
+/// Both networks, loaded and verified once, serving every study.
+pub struct Segmenter {
+    heart: Box<dyn Engine>,
+    calcium: Box<dyn Engine>,
+    heart_entry: ModelEntry,
+    calcium_entry: ModelEntry,
+    heart_grid: GridSpec,
+    calcium_grid: GridSpec,
+}
+
+impl Segmenter {
+    /// Loads `model_dir/manifest.toml` and the heart + calcium models at `precision`
+    /// ("fp32" | "int8"), verifying each file's sha256 before parsing it.
+    pub fn load(
+        model_dir: &Path,
+        precision: &str,
+        kind: EngineKind,
+        opts: &EngineOptions,
+    ) -> Result<Segmenter, InferError> {
+        let manifest = Manifest::load(&model_dir.join("manifest.toml"))?;
+        Segmenter::from_manifest(model_dir, &manifest, precision, kind, opts)
+    }
+
+    /// As [`Segmenter::load`] with an already parsed manifest.
+    pub fn from_manifest(
+        model_dir: &Path,
+        manifest: &Manifest,
+        precision: &str,
+        kind: EngineKind,
+        opts: &EngineOptions,
+    ) -> Result<Segmenter, InferError> {
+        let find = |role: &str| {
+            manifest.find(role, precision).cloned().ok_or_else(|| {
+                InferError::Manifest(format!("no {role} model at precision {precision:?}"))
+            })
+        };
+        let heart_entry = find("heart")?;
+        let calcium_entry = find("calcium")?;
+        if heart_entry.labels.len() != 2 {
+            return Err(InferError::Manifest(format!(
+                "heart model {} must output 2 channels (background, heart), lists {:?}",
+                heart_entry.name, heart_entry.labels
+            )));
+        }
+        if calcium_entry.labels != CALCIUM_LABELS {
+            return Err(InferError::Manifest(format!(
+                "calcium model {} must output {CALCIUM_LABELS:?}, lists {:?}",
+                calcium_entry.name, calcium_entry.labels
+            )));
+        }
+        let heart_grid = GridSpec::from_entry(&heart_entry)?;
+        let calcium_grid = GridSpec::from_entry(&calcium_entry)?;
+        if calcium_grid.channels != 4 {
+            return Err(InferError::Manifest(format!(
+                "calcium model {} must take 4 channels (HU + z, y, x), takes {}",
+                calcium_entry.name, calcium_grid.channels
+            )));
+        }
+        let heart = load_engine(kind, &heart_entry, model_dir, opts)?;
+        let calcium = load_engine(kind, &calcium_entry, model_dir, opts)?;
+        Ok(Segmenter {
+            heart,
+            calcium,
+            heart_entry,
+            calcium_entry,
+            heart_grid,
+            calcium_grid,
+        })
+    }
+
+    /// What result.json reports: the calcium segmenter's identity (it decides the scores).
+    pub fn model_info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.calcium_entry.name.clone(),
+            version: self.calcium_entry.version.clone(),
+            sha256: self.calcium_entry.sha256.clone(),
+            precision: self.calcium_entry.precision.clone(),
+            engine: self.calcium.engine_name().to_string(),
+        }
+    }
+
+    /// The heart locator's manifest entry.
+    pub fn heart_entry(&self) -> &ModelEntry {
+        &self.heart_entry
+    }
+
+    /// The calcium segmenter's manifest entry.
+    pub fn calcium_entry(&self) -> &ModelEntry {
+        &self.calcium_entry
+    }
+
+    /// Segments one study. Refuses with [`InferError::HeartNotFound`] when the locator finds
+    /// no heart.
+    pub fn segment(&self, vol: &Volume) -> Result<Segmentation, InferError> {
+        let (mut pre, mut inf) = (0u128, 0u128);
+
+        let t = Instant::now();
+        let (coarse, coarse_grid) = preprocess::coarse_input(vol, &self.heart_grid);
+        pre += t.elapsed().as_micros();
+
+        let t = Instant::now();
+        let heart_prob = self.heart.run(&coarse)?;
+        inf += t.elapsed().as_micros();
+        check_shape(&heart_prob, &self.heart_entry)?;
+
+        let t = Instant::now();
+        let heart = preprocess::heart_box(&heart_prob, &coarse_grid, vol)?
+            .ok_or(InferError::HeartNotFound)?;
+        let (fine, fine_grid) = preprocess::fine_input(vol, heart.centre_mm, &self.calcium_grid);
+        pre += t.elapsed().as_micros();
+
+        let t = Instant::now();
+        let probs = self.calcium.run(&fine)?;
+        inf += t.elapsed().as_micros();
+        check_shape(&probs, &self.calcium_entry)?;
+
+        let t = Instant::now();
+        let mask = preprocess::fine_to_native_mask(&probs, &fine_grid, vol)?;
+        pre += t.elapsed().as_micros();
+
+        Ok(Segmentation {
+            mask,
+            heart,
+            preprocess_ms: (pre / 1000) as u64,
+            infer_ms: (inf / 1000) as u64,
+        })
+    }
+}
+
+fn check_shape(t: &cacd_models::Tensor, e: &ModelEntry) -> Result<(), InferError> {
+    let expected = e.output_shape().to_vec();
+    if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
+        return Err(InferError::OutputShape {
+            expected,
+            actual: t.shape.clone(),
+        });
+    }
+    Ok(())
+}
