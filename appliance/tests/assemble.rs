@@ -632,29 +632,34 @@ fn every_reason_is_one_line_even_with_hostile_header_text() {
     assert!(!e.reason().contains('\n'));
 }
 
-/// Times assembly of a 512×512×N series (default 300) and reports peak RSS. Run by hand:
-/// `cargo test --release -p cacd --test assemble -- --ignored --nocapture`. With
-/// `CACD_ASM_DIR` naming a folder, that folder is assembled as is (so RSS is assembly's alone);
-/// otherwise a series is written to a temporary folder first.
+/// Times assembly of a 512×512×N series (default 300, `CACD_ASM_SLICES`) and reports peak RSS.
+/// Run by hand: `cargo test --release -p cacd --test assemble -- --ignored --nocapture`.
+/// With `CACD_ASM_DIR` the series is written there once and reused, so a second run measures
+/// assembly alone (RSS included).
 #[test]
 #[ignore = "performance check on a large series; run by hand in release"]
 fn large_series_speed_and_memory() {
     let tmp_dir = tmp();
-    let dir = match std::env::var("CACD_ASM_DIR") {
-        Ok(d) => PathBuf::from(d),
-        Err(_) => {
-            let mut s = Series::new("1.2.3.300");
-            s.rows = 512;
-            s.cols = 512;
-            s.slices = std::env::var("CACD_ASM_SLICES")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(300);
-            s.spacing = [1.0, 0.7, 0.7];
-            s.write(tmp_dir.path());
-            tmp_dir.path().to_path_buf()
-        }
-    };
+    let dir = std::env::var("CACD_ASM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| tmp_dir.path().to_path_buf());
+    let empty = std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_none());
+    if empty {
+        let mut s = Series::new("1.2.3.300");
+        s.rows = 512;
+        s.cols = 512;
+        s.slices = std::env::var("CACD_ASM_SLICES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300);
+        s.spacing = [1.0, 0.7, 0.7];
+        s.write(&dir);
+        println!(
+            "wrote {} slices to {}; rerun to measure assembly alone",
+            s.slices,
+            dir.display()
+        );
+    }
     let t = std::time::Instant::now();
     let v = assemble_paths(&[dir]).unwrap();
     let elapsed = t.elapsed();
