@@ -6,8 +6,7 @@
 //! types in [`volume`]; the daemon only wires stages to the queue.
 
 pub mod assemble;
-pub mod infer;
-pub mod preprocess;
+pub mod phantom;
 pub mod result;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;

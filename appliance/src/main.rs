@@ -11,9 +11,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Write a synthetic low-dose chest CT study (DICOM series + truth.json).
+    Phantom(cacd::phantom::PhantomArgs),
+}
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Phantom(args) => cacd::phantom::run(args),
+    }
 }
