@@ -6,7 +6,9 @@
 //! types in [`volume`]; the daemon only wires stages to the queue.
 
 pub mod assemble;
+pub mod infer;
 pub mod phantom;
+pub mod preprocess;
 pub mod result;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;
