@@ -10,6 +10,7 @@ pub mod infer;
 pub mod phantom;
 pub mod preprocess;
 pub mod result;
+pub mod train_data;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;
 pub mod score;

@@ -1,0 +1,147 @@
+"""Exports the trained networks to ONNX (fp32 and int8 Q/DQ) and writes models/manifest.toml.
+
+    python3 export.py --run RUN --data DATA --models ../ [--version 1.0.0]
+
+* fp32: opset 17, static input `[1, C, D, H, W]` from DATA/grids.json, input "input",
+  output "output" = softmax probabilities.
+* int8: onnxruntime.quantization.quantize_static, QuantFormat.QDQ, static calibration on
+  training crops (weights per-tensor int8 symmetric, activations uint8), the same I/O.
+* manifest.toml: one entry per file with its sha256 and the grid it expects (copied from
+  DATA/grids.json, which the Rust preprocessing wrote), plus how it was trained.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from nets import CalciumNet, HeartNet, WithSoftmax
+
+NAMES = {"heart": "cacd-heart-locator", "calcium": "cacd-calcium-segmenter"}
+
+
+def export_fp32(net, shape, path):
+    net = WithSoftmax(net).eval()
+    x = torch.zeros(shape)
+    torch.onnx.export(
+        net, (x,), str(path), opset_version=17, input_names=["input"], output_names=["output"],
+        do_constant_folding=True, dynamo=False,
+    )
+    model = onnx.load(str(path))
+    # Engines that look outputs up by producing node name (tract's outlet labels fall back to
+    # it) find "output" too: name the final Softmax node like its output.
+    for node in model.graph.node:
+        if "output" in node.output:
+            node.name = "output"
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+class Reader(CalibrationDataReader):
+    def __init__(self, arrays):
+        self.it = iter(arrays)
+
+    def get_next(self):
+        a = next(self.it, None)
+        return None if a is None else {"input": a[None].astype(np.float32)}
+
+
+def export_int8(fp32, path, calib):
+    pre = path.with_suffix(".pre.onnx")
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    quantize_static(
+        str(pre), str(path), Reader(calib), quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=False,
+        op_types_to_quantize=["Conv"],
+    )
+    os.remove(pre)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def toml_str(s):
+    return json.dumps(s)
+
+
+def entry(role, precision, file, grid, training):
+    lines = [
+        "[[model]]",
+        f"name = {toml_str(NAMES[role])}",
+        f'role = "{role}"',
+        f"version = {toml_str(VERSION)}",
+        f"file = {toml_str(file.name)}",
+        f'sha256 = "{sha256(file)}"',
+        f'precision = "{precision}"',
+        'input_name = "input"',
+        'output_name = "output"',
+        f"spacing_mm = [{', '.join(repr(float(v)) for v in grid['spacing_mm'])}]",
+        f"shape = [{', '.join(str(v) for v in grid['shape'])}]",
+        f"channels = {grid['channels']}",
+        f"hu_clip = [{', '.join(repr(float(v)) for v in grid['hu_clip'])}]",
+        f"hu_scale = {float(grid['hu_scale'])!r}",
+        f"labels = [{', '.join(toml_str(l) for l in grid['labels'])}]",
+        f"training = {toml_str(training)}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    global VERSION
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--run", required=True)
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--models", required=True, help="models/ folder (artifacts + manifest.toml)")
+    ap.add_argument("--version", default="1.0.0")
+    ap.add_argument("--calib", type=int, default=8, help="crops used for int8 calibration")
+    ap.add_argument("--training-note", default="")
+    args = ap.parse_args()
+    VERSION = args.version
+    torch.set_num_threads(2)
+    run, data, models = Path(args.run), Path(args.data), Path(args.models)
+    grids = json.loads((data / "grids.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    train_seeds = metrics["train_seeds"]
+    # Calibration crops: training seeds only, spread over the range.
+    calib_dirs = [data / f"s{s:05}" for s in train_seeds[:: max(1, len(train_seeds) // args.calib)][: args.calib]]
+
+    out = []
+    for role, net_cls, xname in [("heart", HeartNet, "coarse_x.npy"), ("calcium", CalciumNet, "fine_x.npy")]:
+        g = grids[role]
+        net = net_cls()
+        net.load_state_dict(torch.load(run / f"{role}.pt", map_location="cpu"))
+        shape = (1, g["channels"], *g["shape"])
+        fp32 = models / f"{role}_fp32.onnx"
+        export_fp32(net, shape, fp32)
+        int8 = models / f"{role}_int8.onnx"
+        export_int8(fp32, int8, [np.load(d / xname) for d in calib_dirs])
+        n_train, n_val = len(train_seeds), len(metrics["val_seeds"])
+        if role == "heart":
+            score = f"validation Dice {metrics['heart_dice']:.3f}"
+            steps = metrics["heart_steps"]
+        else:
+            score = "validation Dice on voxels >= 130 HU " + ", ".join(f"{k} {v:.3f}" for k, v in metrics["calcium_dice"].items())
+            steps = metrics["calcium_steps"]
+        training = (
+            f"models/training/train.py ({net_cls.__name__}), {steps} Adam steps, torch seed fixed; "
+            f"data: cacd train-data phantoms, {n_train} training seeds in {min(train_seeds)}..{max(train_seeds)} "
+            f"(seed % 10 != 9), {n_val} validation seeds (seed % 10 == 9); {score}. {args.training_note}"
+        ).strip()
+        for precision, f in [("fp32", fp32), ("int8", int8)]:
+            note = training if precision == "fp32" else training + f" int8: quantize_static QDQ, {len(calib_dirs)} training crops for calibration."
+            out.append(entry(role, precision, f, g, note))
+    header = "# Written by models/training/export.py; see models/training/README.md to reproduce.\n\n"
+    (models / "manifest.toml").write_text(header + "\n".join(out))
+    print((models / "manifest.toml").read_text())
+
+
+if __name__ == "__main__":
+    main()
