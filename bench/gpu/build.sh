@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the two binaries bench/gpu/run.sh runs on the GPU machine (which has no Rust
-# toolchain) and puts them in bench/gpu/bin/ (git-ignored): the bench and the parity tests.
+# toolchain) and puts them in bench/gpu/bin/ (git-ignored), gzipped: the bench and the
+# parity tests.
 # Run from anywhere on the build machine; takes the CUDA 13.0 feature set (`cuda`).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +20,8 @@ for line in sys.stdin:
         print(m["executable"])')"
 [ -n "$test_exe" ] || { echo "could not find the gpu_parity test executable" >&2; exit 1; }
 cp "$test_exe" "$out/gpu_parity"
-# Debug info is not needed there and the carry to the GPU machine is size-limited.
+# Debug info is not needed there, and the carry to the GPU machine is size-limited (64 MiB):
+# stripped and gzipped, each is about 7 MB; run.sh unpacks them.
 strip "$out/cacd-gpu-bench" "$out/gpu_parity"
+gzip -9f "$out/cacd-gpu-bench" "$out/gpu_parity"
 ls -la "$out"

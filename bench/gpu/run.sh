@@ -9,9 +9,10 @@
 # device runner's result folder) or /tmp/cacd-gpu-bench.
 set -u
 cd "$(dirname "$0")/../.."
-BIN=bench/gpu/bin
+PACKED=bench/gpu/bin
 RES="${OUT:-/tmp/cacd-gpu-bench}"
-mkdir -p "$RES"
+BIN=/tmp/cacd-gpu-bin
+mkdir -p "$RES" "$BIN"
 PY=/opt/torch/.venv/bin/python
 [ -x "$PY" ] || PY=python3
 CUDA_LIBS=/usr/local/cuda/targets/x86_64-linux/lib:/usr/local/nvidia/lib64
@@ -51,8 +52,15 @@ step() {
 
 echo "cacd GPU preprocessing check, $(date -u +%FT%TZ), host $(hostname)"
 for b in cacd-gpu-bench gpu_parity; do
-  [ -x "$BIN/$b" ] || echo "MISSING $BIN/$b: build it first with bench/gpu/build.sh (and carry bench/gpu/bin)"
+  if [ -f "$PACKED/$b.gz" ]; then
+    gzip -dc "$PACKED/$b.gz" > "$BIN/$b" && chmod +x "$BIN/$b"
+  elif [ -x "$PACKED/$b" ]; then
+    cp "$PACKED/$b" "$BIN/$b"
+  else
+    echo "MISSING $PACKED/$b.gz: build it first with bench/gpu/build.sh (and carry bench/gpu/bin)"
+  fi
 done
+ls -la "$BIN"
 
 step "device" 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
 step "parity tests" 90 "$BIN/gpu_parity" --test-threads=1 --nocapture

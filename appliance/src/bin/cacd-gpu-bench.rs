@@ -161,6 +161,14 @@ fn time_wall(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     Ok(median(ms))
 }
 
+/// A measurement that failed is reported and becomes NaN, so the other numbers still come.
+fn or_nan(name: &str, r: Result<f64>) -> f64 {
+    r.unwrap_or_else(|e| {
+        println!("!! {name} failed: {e:#}");
+        f64::NAN
+    })
+}
+
 fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     let mut best = f64::INFINITY;
     let mut out = None;
@@ -266,10 +274,13 @@ fn main() -> Result<()> {
     let stream = g.stream().clone();
     let src = stream.alloc_zeros::<u8>(bytes)?;
     let mut dst = stream.alloc_zeros::<u8>(bytes)?;
-    let copy_ms = time_events(&mut g, reps, |_| {
-        stream.memcpy_dtod(&src, &mut dst)?;
-        Ok(())
-    })?;
+    let copy_ms = or_nan(
+        "copy",
+        time_events(&mut g, reps, |_| {
+            stream.memcpy_dtod(&src, &mut dst)?;
+            Ok(())
+        }),
+    );
     drop((src, dst));
     let copy_gbs = 2.0 * bytes as f64 / copy_ms / 1e6;
     println!("-- GPU kernels (median of {reps}, CUDA events)");
@@ -281,30 +292,56 @@ fn main() -> Result<()> {
     // Per-kernel device times. The raw volume is staged once (as a decoder writing into the
     // pinned staging memory would leave it).
     g.stage_signed(n)?.copy_from_slice(&raw);
-    let upload_ms = time_events(&mut g, reps, |g| Ok(g.upload_staged(true, n)?))?;
-    let rescale_ms = time_events(&mut g, reps, |g| Ok(g.enqueue_rescale([d, h, w], rescale)?))?;
-    let rescale_f64_ms = time_events(&mut g, reps, |g| {
-        Ok(g.enqueue_rescale([d, h, w], rescale_f64)?)
-    })?;
-    g.enqueue_rescale([d, h, w], rescale)?;
-    let unit_ms = time_events(&mut g, reps, |g| {
-        g.enqueue_hu_to_unit(coarse.hu_clip[0], coarse.hu_clip[1], coarse.hu_scale)?;
-        Ok(())
-    })?;
-    let coarse_ms = time_events(&mut g, reps, |g| {
-        g.enqueue_model_input(&coarse_grid)?;
-        Ok(())
-    })?;
-    let fine_ms = time_events(&mut g, reps, |g| {
-        g.enqueue_model_input(&fine_grid)?;
-        Ok(())
-    })?;
-    let k = g.upload_probs(&p, &fine_grid)?;
+    let upload_ms = or_nan(
+        "upload_ms",
+        time_events(&mut g, reps, |g| Ok(g.upload_staged(true, n)?)),
+    );
+    let rescale_ms = or_nan(
+        "rescale_ms",
+        time_events(&mut g, reps, |g| Ok(g.enqueue_rescale([d, h, w], rescale)?)),
+    );
+    let rescale_f64_ms = or_nan(
+        "rescale_f64_ms",
+        time_events(&mut g, reps, |g| {
+            Ok(g.enqueue_rescale([d, h, w], rescale_f64)?)
+        }),
+    );
+    if let Err(e) = g.enqueue_rescale([d, h, w], rescale) {
+        println!("!! rescale failed: {e}");
+    }
+    let unit_ms = or_nan(
+        "unit_ms",
+        time_events(&mut g, reps, |g| {
+            g.enqueue_hu_to_unit(coarse.hu_clip[0], coarse.hu_clip[1], coarse.hu_scale)?;
+            Ok(())
+        }),
+    );
+    let coarse_ms = or_nan(
+        "coarse_ms",
+        time_events(&mut g, reps, |g| {
+            g.enqueue_model_input(&coarse_grid)?;
+            Ok(())
+        }),
+    );
+    let fine_ms = or_nan(
+        "fine_ms",
+        time_events(&mut g, reps, |g| {
+            g.enqueue_model_input(&fine_grid)?;
+            Ok(())
+        }),
+    );
+    let k = g.upload_probs(&p, &fine_grid).unwrap_or_else(|e| {
+        println!("!! probability upload failed: {e}");
+        CLASSES
+    });
     let mut mbox = None;
-    let mask_ms = time_events(&mut g, reps, |g| {
-        mbox = g.enqueue_mask(&fine_grid, k)?;
-        Ok(())
-    })?;
+    let mask_ms = or_nan(
+        "mask_ms",
+        time_events(&mut g, reps, |g| {
+            mbox = g.enqueue_mask(&fine_grid, k)?;
+            Ok(())
+        }),
+    );
     let box_voxels = mbox.map_or(0, |b| b.voxels());
     let candidates = cpu_mask.len() - cpu_mask.iter().filter(|&&v| v == 0).count();
     let coarse_plane = coarse.shape.iter().product::<usize>() as f64;
@@ -335,32 +372,38 @@ fn main() -> Result<()> {
     let mut gpu_coarse = None;
     let mut gpu_fine = None;
     let mut gpu_mask = None;
-    let total_ms = time_wall(reps, || {
-        let t = Instant::now();
-        g.rescale_staged(true, [d, h, w], rescale)?;
-        g.synchronize()?;
-        let t1 = Instant::now();
-        let c = g.coarse_input(&vol, &coarse)?;
-        let t2 = Instant::now();
-        let f = g.fine_input(&vol, centre_mm, &fine)?;
-        let t3 = Instant::now();
-        let m = g.fine_to_native_mask(&p, &f.1, &vol)?;
-        let t4 = Instant::now();
-        parts = [
-            (t1 - t).as_secs_f64() * 1e3,
-            (t2 - t1).as_secs_f64() * 1e3,
-            (t3 - t2).as_secs_f64() * 1e3,
-            (t4 - t3).as_secs_f64() * 1e3,
-        ];
-        gpu_coarse = Some(c.0);
-        gpu_fine = Some(f.0);
-        gpu_mask = Some(m);
-        Ok(())
-    })?;
-    let staging_ms = time_wall(reps.min(5), || {
-        g.stage_signed(n)?.copy_from_slice(&raw);
-        Ok(())
-    })?;
+    let total_ms = or_nan(
+        "whole preprocessing",
+        time_wall(reps, || {
+            let t = Instant::now();
+            g.rescale_staged(true, [d, h, w], rescale)?;
+            g.synchronize()?;
+            let t1 = Instant::now();
+            let c = g.coarse_input(&vol, &coarse)?;
+            let t2 = Instant::now();
+            let f = g.fine_input(&vol, centre_mm, &fine)?;
+            let t3 = Instant::now();
+            let m = g.fine_to_native_mask(&p, &f.1, &vol)?;
+            let t4 = Instant::now();
+            parts = [
+                (t1 - t).as_secs_f64() * 1e3,
+                (t2 - t1).as_secs_f64() * 1e3,
+                (t3 - t2).as_secs_f64() * 1e3,
+                (t4 - t3).as_secs_f64() * 1e3,
+            ];
+            gpu_coarse = Some(c.0);
+            gpu_fine = Some(f.0);
+            gpu_mask = Some(m);
+            Ok(())
+        }),
+    );
+    let staging_ms = or_nan(
+        "staging copy",
+        time_wall(reps.min(5), || {
+            g.stage_signed(n)?.copy_from_slice(&raw);
+            Ok(())
+        }),
+    );
     for (name, ms) in [
         ("upload + rescale", parts[0]),
         ("coarse input + download", parts[1]),

@@ -107,6 +107,44 @@ impl<T: DeviceRepr + ValidAsZeroBits> PinnedBuf<T> {
     }
 }
 
+/// A device table of interpolation taps plus the host copy of what it holds, so a grid used
+/// again (the same coarse grid for every study of one size; every repetition in the bench)
+/// costs no upload.
+pub(crate) struct TapSlot {
+    buf: DeviceBuf<i32>,
+    on_device: Vec<i32>,
+}
+
+impl TapSlot {
+    pub(crate) fn new() -> Self {
+        TapSlot {
+            buf: DeviceBuf::new(),
+            on_device: Vec::new(),
+        }
+    }
+
+    /// Makes `taps` the table's content (queues an upload only when it differs).
+    pub(crate) fn load(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        taps: Vec<i32>,
+    ) -> Result<&CudaSlice<i32>, DriverError> {
+        if self.on_device != taps || self.buf.get().is_none() {
+            // Forget the old content first: if the upload fails, the next call retries.
+            self.on_device.clear();
+            let b = self.buf.ensure(stream, taps.len())?;
+            stream.memcpy_htod(taps.as_slice(), &mut b.slice_mut(..taps.len()))?;
+            self.on_device = taps;
+        }
+        let b = self.buf.ensure(stream, self.on_device.len())?;
+        Ok(b)
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.buf.bytes()
+    }
+}
+
 /// Every buffer the preprocessor keeps between studies.
 pub(crate) struct Pool {
     /// Raw stored values as decoded (one of the two, by pixel representation).
@@ -116,8 +154,9 @@ pub(crate) struct Pool {
     pub(crate) hu: DeviceBuf<i16>,
     /// Whole-volume clipped/normalised HU (f32).
     pub(crate) unit: DeviceBuf<f32>,
-    /// Per-axis interpolation tap tables (int4 per entry).
-    pub(crate) taps: DeviceBuf<i32>,
+    /// Per-axis interpolation tap tables (int4 per entry): model-grid input, native mask.
+    pub(crate) input_taps: TapSlot,
+    pub(crate) mask_taps: TapSlot,
     /// A model grid input `[C, D, H, W]`.
     pub(crate) model: DeviceBuf<f32>,
     /// The segmenter's class probabilities `[K, D, H, W]`.
@@ -137,7 +176,8 @@ impl Pool {
             raw_u16: DeviceBuf::new(),
             hu: DeviceBuf::new(),
             unit: DeviceBuf::new(),
-            taps: DeviceBuf::new(),
+            input_taps: TapSlot::new(),
+            mask_taps: TapSlot::new(),
             model: DeviceBuf::new(),
             probs: DeviceBuf::new(),
             mask: DeviceBuf::new(),
@@ -153,7 +193,8 @@ impl Pool {
             + self.raw_u16.bytes()
             + self.hu.bytes()
             + self.unit.bytes()
-            + self.taps.bytes()
+            + self.input_taps.bytes()
+            + self.mask_taps.bytes()
             + self.model.bytes()
             + self.probs.bytes()
             + self.mask.bytes();

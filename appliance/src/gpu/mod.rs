@@ -680,20 +680,14 @@ impl GpuPreprocessor {
         let total = plane * spec.channels;
         let (stream, pool, k) = (&self.stream, &mut self.pool, &self.kernels);
         guarded("model input", || {
-            let tap_buf = pool
-                .taps
-                .ensure(stream, taps.len())
-                .during("device alloc")?;
-            stream
-                .memcpy_htod(taps.as_slice(), &mut tap_buf.slice_mut(..taps.len()))
-                .during("tap upload")?;
+            let tap_buf = pool.input_taps.load(stream, taps).during("tap upload")?;
             let out = pool.model.ensure(stream, total).during("device alloc")?;
             let hu = pool.hu.get().ok_or(GpuError::NoVolume)?;
             let (nh, nw) = (dims[1] as i32, dims[2] as i32);
             let (di, hi_, wi, ch) = (d as i32, h as i32, w as i32, spec.channels as i32);
             let (pad, lo, hi, scale) = (PAD_HU, spec.hu_clip[0], spec.hu_clip[1], spec.hu_scale);
             let mut b = stream.launch_builder(&k.resample_input);
-            b.arg(hu).arg(&nh).arg(&nw).arg(&*tap_buf);
+            b.arg(hu).arg(&nh).arg(&nw).arg(tap_buf);
             b.arg(&di).arg(&hi_).arg(&wi).arg(&ch);
             b.arg(&pad).arg(&lo).arg(&hi).arg(&scale).arg(&mut *out);
             // SAFETY: argument types match; taps hold d + h + w int4 entries, out ≥ total.
@@ -789,13 +783,7 @@ impl GpuPreprocessor {
         let n = mbox.voxels();
         let (stream, pool, kern) = (&self.stream, &mut self.pool, &self.kernels);
         guarded("mask", || {
-            let tap_buf = pool
-                .taps
-                .ensure(stream, taps.len())
-                .during("device alloc")?;
-            stream
-                .memcpy_htod(taps.as_slice(), &mut tap_buf.slice_mut(..taps.len()))
-                .during("tap upload")?;
+            let tap_buf = pool.mask_taps.load(stream, taps).during("tap upload")?;
             let out = pool.mask.ensure(stream, n).during("device alloc")?;
             let hu = pool.hu.get().ok_or(GpuError::NoVolume)?;
             let probs = pool.probs.get().ok_or_else(|| {
@@ -807,7 +795,7 @@ impl GpuPreprocessor {
             let [bz0, by0, bx0] = mbox.start.map(|v| v as i32);
             let [bd, bh, bw] = mbox.len.map(|v| v as i32);
             let mut b = stream.launch_builder(&kern.fine_to_native);
-            b.arg(hu).arg(&nh).arg(&nw).arg(&*tap_buf).arg(probs);
+            b.arg(hu).arg(&nh).arg(&nw).arg(tap_buf).arg(probs);
             b.arg(&ki).arg(&di).arg(&hi).arg(&wi).arg(&thr);
             b.arg(&bz0).arg(&by0).arg(&bx0).arg(&bd).arg(&bh).arg(&bw);
             b.arg(&mut *out);
