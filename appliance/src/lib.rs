@@ -6,6 +6,7 @@
 //! types in [`volume`]; the daemon only wires stages to the queue.
 
 pub mod assemble;
+pub mod encode;
 pub mod infer;
 pub mod phantom;
 pub mod preprocess;
