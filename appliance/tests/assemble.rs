@@ -262,6 +262,23 @@ fn thinnest_original_axial_series_is_chosen_and_decoys_ignored() {
 }
 
 #[test]
+fn localizer_image_filed_inside_the_axial_series_is_ignored() {
+    let dir = tmp();
+    let s = Series::new("1.2.3.115");
+    s.write(dir.path());
+    let mut scout = s.clone();
+    scout.image_type = "ORIGINAL\\PRIMARY\\LOCALIZER".into();
+    scout.iop = [1.0, 0.0, 0.0, 0.0, 0.0, -1.0];
+    scout.slices = 1;
+    scout.write_with(&dir.path().join("scout"), |_, o| {
+        set_str(o, tags::SOP_INSTANCE_UID, VR::UI, "1.2.3.115.999");
+    });
+    let v = assemble_paths(&[dir.path().to_path_buf()]).unwrap();
+    assert_eq!(v.hu, s.hu());
+    assert!(!v.sop_instance_uids.contains(&"1.2.3.115.999".to_string()));
+}
+
+#[test]
 fn equal_spacing_prefers_more_slices() {
     let dir = tmp();
     let mut short = Series::new("1.2.3.120");

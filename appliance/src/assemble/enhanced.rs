@@ -27,13 +27,12 @@ fn macro_item<'a>(
         .or_else(|| shared.and_then(|s| first_item(s, seq)))
 }
 
+/// Per-frame geometry, and the largest |GantryDetectorTilt| stated; header problems as text.
+pub type FramesAndTilt = (Result<Vec<Frame>, String>, Result<Option<f64>, String>);
+
 /// Frames of an Enhanced CT instance, and the largest |GantryDetectorTilt| it states.
 /// Also fills series facts the functional groups carry instead of the root (kVp, thickness).
-#[allow(clippy::type_complexity)]
-pub fn frames(
-    obj: &InMemDicomObject,
-    meta: &mut SeriesMeta,
-) -> (Result<Vec<Frame>, String>, Result<Option<f64>, String>) {
+pub fn frames(obj: &InMemDicomObject, meta: &mut SeriesMeta) -> FramesAndTilt {
     let shared = first_item(obj, tags::SHARED_FUNCTIONAL_GROUPS_SEQUENCE);
     let per_frame: &[InMemDicomObject] = obj
         .get(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE)

@@ -76,6 +76,22 @@ pub fn choose(instances: &[Instance]) -> Result<Plan, AssembleError> {
     let mut passed: Vec<Plan> = Vec::new();
     let mut best_rejection: Option<Rejection> = None;
     for (uid, members) in series {
+        // Some scanners file the scout in the axial series: drop localizer images, refuse
+        // the series as a localizer only when nothing else is left.
+        let is_localizer = |i: &usize| instances[*i].image_type.iter().any(|t| t == "LOCALIZER");
+        let axial: Vec<usize> = members
+            .iter()
+            .copied()
+            .filter(|i| !is_localizer(i))
+            .collect();
+        if !axial.is_empty() && axial.len() < members.len() {
+            tracing::info!(
+                series = uid,
+                dropped = members.len() - axial.len(),
+                "assemble: localizer images inside a series ignored"
+            );
+        }
+        let members = if axial.is_empty() { members } else { axial };
         match evaluate(uid, &members, instances) {
             Ok(plan) => passed.push(plan),
             Err(r) => {
