@@ -1,0 +1,123 @@
+//! ONNX Runtime engine (feature `onnxruntime`): agreement with tract on the fixtures, hash
+//! refusal, and a clear `Unavailable` when the library cannot be had. Needs ORT_DYLIB_PATH
+//! (see README.md); without it the tests that need the library print why they skip.
+#![cfg(feature = "onnxruntime")]
+
+mod common;
+
+use std::path::PathBuf;
+
+use cacd_models::{load_engine, Engine, EngineKind, EngineOptions, ModelError};
+use common::*;
+
+/// tract vs ORT, fp32: both f32 with different summation orders (measured ~1e-7).
+const FP32_BOUND: f32 = 1e-4;
+/// tract vs ORT, int8 Q/DQ: see `INT8_BOUND` in tract.rs.
+const INT8_BOUND: f32 = 5e-3;
+
+fn ort_library() -> Option<PathBuf> {
+    match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            println!("skipped: ORT_DYLIB_PATH is not set (point it at libonnxruntime.so >= 1.17)");
+            None
+        }
+    }
+}
+
+fn engines(variant: &str, precision: &str, lib: PathBuf) -> (Box<dyn Engine>, Box<dyn Engine>) {
+    let (entry, dir) = fixture_entry(variant, precision);
+    let opts = EngineOptions {
+        threads: 2,
+        ort_dylib: Some(lib),
+    };
+    let ort = load_engine(EngineKind::OnnxRuntime, &entry, &dir, &opts)
+        .unwrap_or_else(|e| panic!("ORT {variant} {precision}: {e}"));
+    let tract = load_engine(EngineKind::Tract, &entry, &dir, &opts)
+        .unwrap_or_else(|e| panic!("tract {variant} {precision}: {e}"));
+    (ort, tract)
+}
+
+fn agree(variant: &str, precision: &str, bound: f32) {
+    let Some(lib) = ort_library() else { return };
+    let (ort, tract) = engines(variant, precision, lib);
+    assert_eq!(ort.engine_name(), "ort-cpu");
+    let (entry, _) = fixture_entry(variant, precision);
+    let input = fixture_input(&entry);
+    let a = ort.run(&input).unwrap_or_else(|e| panic!("{e}"));
+    let b = tract.run(&input).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(a.shape, vec![1, 5, 16, 32, 32]);
+    assert_eq!(a.shape, b.shape);
+    assert!(softmax_sum_error(&a) < 1e-5);
+    let diff = max_diff(&a.data, &b.data);
+    println!("{variant} {precision}: ORT vs tract max abs diff {diff:.2e}");
+    assert!(
+        diff < bound,
+        "{variant} {precision}: ORT and tract differ by {diff}"
+    );
+    // The Rust ORT engine gives what the Python ORT gave when the fixtures were made.
+    let (stride, reference) = reference(&entry.file);
+    let d = max_diff_sampled(&a.data, stride, &reference);
+    assert!(
+        d < 1e-5,
+        "{variant} {precision}: ORT differs from reference.json by {d}"
+    );
+}
+
+#[test]
+fn fp32_resize_agrees_with_tract() {
+    agree("resize", "fp32", FP32_BOUND);
+}
+
+#[test]
+fn fp32_convtranspose_agrees_with_tract() {
+    agree("convt", "fp32", FP32_BOUND);
+}
+
+#[test]
+fn int8_resize_agrees_with_tract() {
+    agree("resize", "int8", INT8_BOUND);
+}
+
+#[test]
+fn int8_convtranspose_agrees_with_tract() {
+    agree("convt", "int8", INT8_BOUND);
+}
+
+#[test]
+fn tampered_model_is_refused() {
+    // Verification comes before the library is even looked for, so this needs no ORT.
+    let (entry, dir) = fixture_entry("convt", "fp32");
+    let tmp = tampered_copy(&entry, &dir);
+    let opts = EngineOptions {
+        threads: 1,
+        ort_dylib: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+    };
+    match load_engine(EngineKind::OnnxRuntime, &entry, tmp.path(), &opts) {
+        Err(ModelError::HashMismatch { .. }) => {}
+        Err(e) => panic!("expected HashMismatch, got {e}"),
+        Ok(_) => panic!("a tampered model was loaded"),
+    }
+}
+
+#[test]
+fn missing_library_is_unavailable() {
+    let (entry, dir) = fixture_entry("resize", "fp32");
+    let opts = EngineOptions {
+        threads: 1,
+        ort_dylib: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+    };
+    match load_engine(EngineKind::OnnxRuntime, &entry, &dir, &opts) {
+        // Another test in this process may already have loaded the real library, which then
+        // stays in use (ort loads one per process).
+        Ok(engine) => assert!(ort_library().is_some() && engine.engine_name() == "ort-cpu"),
+        Err(ModelError::Unavailable(name, reason)) => {
+            assert_eq!(name, "ort-cpu");
+            assert!(
+                reason.contains("/nonexistent/libonnxruntime.so"),
+                "{reason}"
+            );
+        }
+        Err(e) => panic!("expected Unavailable, got {e}"),
+    }
+}
