@@ -346,12 +346,6 @@ impl Config {
         if self.pipeline.threads == Some(0) {
             p.push("pipeline.threads: must be at least 1".into());
         }
-        if !self.accept_any && self.peers.is_empty() {
-            p.push(
-                "peer: no [[peer]] is configured and accept_any is false, so no sender could store"
-                    .into(),
-            );
-        }
         for (i, peer) in self.peers.iter().enumerate() {
             if let Err(e) = check_ae(&format!("peer[{i}].ae"), &peer.ae) {
                 p.push(e);
@@ -367,6 +361,18 @@ impl Config {
             check_destination(&format!("destination[{i}]"), d, &mut p);
         }
         p
+    }
+
+    /// Settings that run but are probably not what the operator wants, each with its key.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if !self.accept_any && self.peers.is_empty() {
+            w.push(
+                "peer: no [[peer]] is configured and accept_any is false, so no sender can store"
+                    .into(),
+            );
+        }
+        w
     }
 
     /// This node's calling AE for outgoing associations.
@@ -496,9 +502,10 @@ mod tests {
         assert_eq!(c.listen, "0.0.0.0:11112");
         assert_eq!(c.status, "127.0.0.1:8080");
         assert_eq!(c.data_dir, PathBuf::from("./var/cacd"));
-        let p = c.problems();
-        assert_eq!(p.len(), 1, "{p:?}");
-        assert!(p[0].starts_with("peer:"));
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        let w = c.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].starts_with("peer:"));
     }
 
     #[test]

@@ -14,5 +14,13 @@ pub mod result;
 pub mod train_data;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;
+pub mod config;
+pub mod daemon;
+pub mod dimse;
+pub mod forward;
+pub mod pipeline;
+pub mod queue;
+pub mod receive;
+pub mod store;
 pub mod score;
 pub mod volume;

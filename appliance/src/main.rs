@@ -12,6 +12,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The appliance daemon: DICOM in, scores out (flags override the config file).
+    Serve(ServeArgs),
+    /// Validate a config file; print every problem with its key.
+    CheckConfig {
+        file: std::path::PathBuf,
+    },
     /// Write a synthetic low-dose chest CT study (DICOM series + truth.json).
     Phantom(cacd::phantom::PhantomArgs),
     /// Model-grid training arrays from phantoms (for models/training; not for operators).
@@ -34,9 +40,102 @@ struct TrainDataArgs {
     manifest: Option<std::path::PathBuf>,
 }
 
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config (see deploy/cacd.example.toml).
+    #[arg(long)]
+    config: Option<std::path::PathBuf>,
+    /// DICOM listen address, e.g. 0.0.0.0:11112.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Our AE title.
+    #[arg(long)]
+    ae: Option<String>,
+    /// Data directory (studies, queue, outbox).
+    #[arg(long)]
+    data: Option<std::path::PathBuf>,
+    /// Also forward results to AE@HOST:PORT (repeatable).
+    #[arg(long, value_parser = cacd::config::Destination::parse)]
+    forward: Vec<cacd::config::Destination>,
+    /// Status port address.
+    #[arg(long)]
+    status: Option<String>,
+}
+
+fn serve(a: ServeArgs) -> Result<()> {
+    let mut cfg = match &a.config {
+        Some(path) => cacd::config::Config::load(path)?,
+        None => cacd::config::Config::default(),
+    };
+    if let Some(v) = a.listen {
+        cfg.listen = v;
+    }
+    if let Some(v) = a.ae {
+        cfg.ae_title = v;
+    }
+    if let Some(v) = a.data {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.status {
+        cfg.status = v;
+    }
+    for d in a.forward {
+        if !cfg.destinations.contains(&d) {
+            cfg.destinations.push(d);
+        }
+    }
+    let problems = cfg.problems();
+    if !problems.is_empty() {
+        anyhow::bail!("invalid settings: {}", problems.join("; "));
+    }
+    for w in cfg.warnings() {
+        tracing::warn!("config: {w}");
+    }
+    let pipeline = cacd::daemon::pipeline_config(&cfg);
+    cacd::daemon::serve(cfg, &pipeline)
+}
+
+fn check_config(file: &std::path::Path) -> Result<()> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let cfg = match cacd::config::Config::parse(&text) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("{}: {e}", file.display());
+            std::process::exit(1);
+        }
+    };
+    let problems = cfg.problems();
+    for p in &problems {
+        println!("{p}");
+    }
+    for w in cfg.warnings() {
+        println!("warning: {w}");
+    }
+    if !problems.is_empty() {
+        std::process::exit(1);
+    }
+    println!("{}: ok", file.display());
+    Ok(())
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("CACD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => {
+            init_logging();
+            serve(a)
+        }
+        Command::CheckConfig { file } => check_config(&file),
         Command::Phantom(args) => cacd::phantom::run(args),
         Command::TrainData(a) => {
             let (heart, calcium) = match &a.manifest {

@@ -1,0 +1,212 @@
+//! Helpers for the end-to-end tests: find the `cacd` binary, write phantoms, run `cacd serve`
+//! with a generated config on loopback, and run DCMTK tools.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The `cacd` binary: `$CACD_BIN`, else `target/release/cacd` of this workspace (built with
+/// `cargo build --release -p cacd --bin cacd` when missing).
+pub fn cacd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CACD_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let bin = target.join("release/cacd");
+    // CI builds the binaries before the tests (scripts/test); build here only when missing.
+    static BUILT: Mutex<bool> = Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !*built && !bin.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "--release", "-p", "cacd", "--bin", "cacd"])
+            .current_dir(&root)
+            .status()
+            .expect("running cargo build");
+        assert!(st.success(), "building cacd failed");
+        *built = true;
+    }
+    bin
+}
+
+/// A TCP port free on loopback right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Writes a small phantom study (explicit VR LE, `slices` slices) and returns its folder.
+pub fn phantom(dir: &Path, seed: u64, slices: usize) -> PathBuf {
+    let out = dir.join(format!("phantom-{seed}"));
+    let st = Command::new(cacd_bin())
+        .args(["phantom", "--out"])
+        .arg(&out)
+        .args(["--seed", &seed.to_string(), "--slices", &slices.to_string()])
+        .args(["--transfer-syntax", "explicit", "--no-localizer"])
+        .status()
+        .expect("cacd phantom");
+    assert!(st.success());
+    out
+}
+
+/// The DICOM files of a folder (sorted).
+pub fn dicom_files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every `.dcm` below `dir`.
+pub fn dicom_files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "dcm") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A running `cacd serve`; killed on drop. Its log lines are collected.
+pub struct Serve {
+    pub child: Child,
+    pub port: u16,
+    pub data: PathBuf,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Serve {
+    /// Starts `cacd serve --config <config>` and waits until it listens on `port`.
+    pub fn start(config: &Path, port: u16, data: &Path) -> Serve {
+        let mut child = Command::new(cacd_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("CACD_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cacd serve");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        if let Some(err) = child.stderr.take() {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(err).lines().map_while(Result::ok) {
+                    eprintln!("[serve] {line}");
+                    log.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+                }
+            });
+        }
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "cacd serve did not listen"
+            );
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("cacd serve exited early: {st}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Serve {
+            child,
+            port,
+            data: data.to_path_buf(),
+            log,
+        }
+    }
+
+    pub fn log_contains(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    /// SIGTERM, then the time it took to exit.
+    pub fn terminate(mut self) -> Duration {
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return t.elapsed();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "cacd serve ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL (a power cut, as far as the process can tell).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a command and returns its output (stdout+stderr kept apart).
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().expect("running a DCMTK tool")
+}
+
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Polls `f` until it returns true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    f()
+}
+
+/// Whether the trained models are present (the scoring tests need them).
+pub fn models_present() -> bool {
+    let dir = std::env::var_os("CACD_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
+    dir.join("manifest.toml").is_file()
+}
