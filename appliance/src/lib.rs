@@ -6,21 +6,22 @@
 //! types in [`volume`]; the daemon only wires stages to the queue.
 
 pub mod assemble;
-pub mod encode;
-pub mod infer;
-pub mod phantom;
-pub mod preprocess;
-pub mod result;
-pub mod train_data;
-#[cfg(feature = "cuda-base")]
-pub mod gpu;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dimse;
 pub mod forward;
-pub mod pipeline;
+pub mod encode;
+pub mod infer;
 pub mod queue;
 pub mod receive;
-pub mod store;
+pub mod result;
+pub mod phantom;
+pub mod pipeline;
+pub mod preprocess;
+pub mod train_data;
+#[cfg(feature = "cuda-base")]
+pub mod gpu;
 pub mod score;
+pub mod store;
 pub mod volume;

@@ -18,6 +18,10 @@ enum Command {
     CheckConfig {
         file: std::path::PathBuf,
     },
+    /// Score one study from DICOM files or folders; writes result.json and the DICOM results.
+    Score(cacd::cli::score::ScoreArgs),
+    /// Score every study under ROOT (shard I/N of them); resumable.
+    Batch(cacd::cli::batch::BatchArgs),
     /// Write a synthetic low-dose chest CT study (DICOM series + truth.json).
     Phantom(cacd::phantom::PhantomArgs),
     /// Model-grid training arrays from phantoms (for models/training; not for operators).
@@ -136,6 +140,19 @@ fn main() -> Result<()> {
             serve(a)
         }
         Command::CheckConfig { file } => check_config(&file),
+        Command::Score(args) => {
+            init_logging();
+            if cacd::cli::score::run(args)? {
+                Ok(())
+            } else {
+                // Rejected: the reason is printed and in result.json.
+                std::process::exit(2)
+            }
+        }
+        Command::Batch(args) => {
+            init_logging();
+            cacd::cli::batch::run(args)
+        }
         Command::Phantom(args) => cacd::phantom::run(args),
         Command::TrainData(a) => {
             let (heart, calcium) = match &a.manifest {
