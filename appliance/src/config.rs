@@ -69,7 +69,7 @@ pub struct ReceiveConfig {
 }
 
 /// DICOM over TLS for the Storage SCP.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     pub enabled: bool,
@@ -195,6 +195,18 @@ impl Default for ReceiveConfig {
             idle_timeout_s: 120.0,
             min_free_bytes: 1 << 30,
             min_free_percent: 5.0,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: false,
+            cert: None,
+            key: None,
+            client_ca: None,
+            handshake_timeout_s: 10.0,
         }
     }
 }
@@ -547,6 +559,15 @@ mod tests {
                 "{key} missing in {p:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let text = include_str!("../../deploy/cacd.example.toml");
+        let c = Config::parse(text).unwrap();
+        assert!(c.problems().is_empty(), "{:?}", c.problems());
+        assert_eq!(c.destinations.len(), 1);
+        assert_eq!(c.peers.len(), 2);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod assemble;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dimse;
 pub mod forward;
 pub mod encode;

@@ -18,6 +18,8 @@ enum Command {
     CheckConfig {
         file: std::path::PathBuf,
     },
+    /// The whole loop on this machine with no set-up: phantom → serve → receiver → summary.
+    Demo(cacd::demo::DemoArgs),
     /// Score one study from DICOM files or folders; writes result.json and the DICOM results.
     Score(cacd::cli::score::ScoreArgs),
     /// Score every study under ROOT (shard I/N of them); resumable.
@@ -140,6 +142,12 @@ fn main() -> Result<()> {
             serve(a)
         }
         Command::CheckConfig { file } => check_config(&file),
+        Command::Demo(a) => {
+            if std::env::var_os("CACD_LOG").is_some() {
+                init_logging();
+            }
+            cacd::demo::run(a, cacd::daemon::pipeline_config(&cacd::config::Config::default()))
+        }
         Command::Score(args) => {
             init_logging();
             if cacd::cli::score::run(args)? {
