@@ -204,3 +204,32 @@ fn jpeg_2000_lossy_gdcm_stays_close() {
     println!("lossy JPEG 2000: mean |ΔHU| {mean_abs:.1}");
     assert!(mean_abs > 0.0 && mean_abs < 200.0, "mean |ΔHU| {mean_abs}");
 }
+
+/// Multi-frame Enhanced CT compressed frame by frame: every frame decodes to its slice.
+#[test]
+fn enhanced_ct_multiframe_compressed() {
+    let mut cases: Vec<(&str, Vec<&str>, &str)> = vec![
+        ("/usr/bin/dcmcjpeg", vec![], uids::JPEG_LOSSLESS_SV1),
+        ("/usr/bin/dcmcrle", vec![], uids::RLE_LOSSLESS),
+        ("/usr/bin/gdcmconv", vec!["--j2k"], uids::JPEG2000_LOSSLESS),
+    ];
+    if cfg!(feature = "jpegls") {
+        cases.push(("/usr/bin/dcmcjpls", vec![], uids::JPEGLS_LOSSLESS));
+    }
+    for (k, (tool, args, ts)) in cases.into_iter().enumerate() {
+        let mut series = signed_series(&format!("1.2.3.460.{k}"));
+        series.slices = 17;
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        let file = src.join("enhanced.dcm");
+        series.write_enhanced(&file, true);
+        let Some(out) = convert(tool, &args, &[file], &dir.path().join("dst")) else {
+            continue;
+        };
+        assert_eq!(transfer_syntax(&out[0]), ts, "{tool}");
+        let v = assemble_paths(&out).unwrap_or_else(|e| panic!("{tool}: {}", e.reason()));
+        assert_eq!(v.hu, series.hu(), "{tool}: HU differ");
+        assert_eq!(v.source_frames, (1..=17).rev().collect::<Vec<u32>>());
+    }
+}
