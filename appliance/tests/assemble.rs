@@ -853,3 +853,72 @@ proptest::proptest! {
         }
     }
 }
+
+// ---- phantom studies from cacd::phantom ----
+
+mod phantom_studies {
+    use super::*;
+    use cacd::phantom::{self, Burden, PhantomSpec, TransferSyntaxChoice};
+
+    /// Generate, write (with its LOCALIZER decoy and truth.json), shuffle the files, assemble,
+    /// and compare everything with the phantom's own volume.
+    fn round_trip(seed: u64, ts: TransferSyntaxChoice, signed: bool, thickness: f64) {
+        let mut spec = PhantomSpec::new(seed, Burden::Low);
+        spec.slices = Some(40);
+        spec.transfer_syntax = Some(ts);
+        spec.signed = Some(signed);
+        spec.thickness_mm = Some(thickness);
+        let p = phantom::generate(&spec);
+        let dir = tmp();
+        let files = phantom::write_study(&p, dir.path()).unwrap();
+        let a = assemble_with_stats(&shuffled(files))
+            .unwrap_or_else(|e| panic!("{ts:?}: {}", e.reason()));
+        let v = &a.volume;
+        assert_eq!(v.hu, p.volume.hu, "{ts:?} signed={signed}: HU differ");
+        assert_eq!(v.sop_instance_uids, p.volume.sop_instance_uids);
+        assert_eq!(v.source_frames, p.volume.source_frames);
+        let (g, e) = (&v.geometry, &p.volume.geometry);
+        for i in 0..3 {
+            assert!(
+                (g.spacing[i] - e.spacing[i]).abs() < 1e-4,
+                "spacing {:?} vs {:?}",
+                g.spacing,
+                e.spacing
+            );
+            assert!(
+                (g.origin[i] - e.origin[i]).abs() < 1e-3,
+                "origin {:?} vs {:?}",
+                g.origin,
+                e.origin
+            );
+            assert!((g.normal[i] - e.normal[i]).abs() < 1e-9);
+        }
+        assert_eq!(
+            v.meta.series_instance_uid,
+            p.volume.meta.series_instance_uid
+        );
+        assert_eq!(v.meta.study_instance_uid, p.volume.meta.study_instance_uid);
+        assert_eq!(v.meta.patient_id, p.volume.meta.patient_id);
+        assert_eq!(a.stats.non_dicom, 1, "truth.json counted as non-DICOM");
+    }
+
+    #[test]
+    fn phantom_explicit_unsigned() {
+        round_trip(11, TransferSyntaxChoice::Explicit, false, 2.5);
+    }
+
+    #[test]
+    fn phantom_implicit_signed() {
+        round_trip(12, TransferSyntaxChoice::Implicit, true, 1.25);
+    }
+
+    #[test]
+    fn phantom_deflate() {
+        round_trip(13, TransferSyntaxChoice::Deflate, false, 3.0);
+    }
+
+    #[test]
+    fn phantom_rle_signed() {
+        round_trip(14, TransferSyntaxChoice::Rle, true, 1.0);
+    }
+}
