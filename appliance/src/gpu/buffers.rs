@@ -167,6 +167,9 @@ pub(crate) struct Pool {
     pub(crate) stage_s16: PinnedBuf<i16>,
     pub(crate) stage_u16: PinnedBuf<u16>,
     pub(crate) stage_f32: PinnedBuf<f32>,
+    /// Pinned landing buffers for downloads (model inputs, mask box).
+    pub(crate) down_f32: PinnedBuf<f32>,
+    pub(crate) down_u8: PinnedBuf<u8>,
 }
 
 impl Pool {
@@ -184,6 +187,8 @@ impl Pool {
             stage_s16: PinnedBuf::new(),
             stage_u16: PinnedBuf::new(),
             stage_f32: PinnedBuf::new(),
+            down_f32: PinnedBuf::new(),
+            down_u8: PinnedBuf::new(),
         }
     }
 
@@ -198,7 +203,11 @@ impl Pool {
             + self.model.bytes()
             + self.probs.bytes()
             + self.mask.bytes();
-        let host = self.stage_s16.bytes() + self.stage_u16.bytes() + self.stage_f32.bytes();
+        let host = self.stage_s16.bytes()
+            + self.stage_u16.bytes()
+            + self.stage_f32.bytes()
+            + self.down_f32.bytes()
+            + self.down_u8.bytes();
         (device, host)
     }
 }

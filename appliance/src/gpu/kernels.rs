@@ -9,8 +9,10 @@
 //!
 //! Bandwidth notes: elementwise kernels handle 4 consecutive elements per thread with one
 //! 8-byte load and one 8/16-byte store (device buffers are allocated 256-byte aligned and
-//! always passed from offset 0); read-only inputs go through `__ldg` (non-coherent cache);
-//! there are no atomics and no shared-memory staging (every output is written exactly once).
+//! always passed from offset 0); the gather kernels run one thread per output voxel on a 2-D
+//! grid (slice = blockIdx.y) so index math is one 32-bit division; read-only inputs go through
+//! `__ldg` (non-coherent cache); there are no atomics and no shared-memory staging (every
+//! output is written exactly once).
 
 /// Kernel names, in the order [`SOURCE`] defines them.
 pub const RESCALE_S16: &str = "rescale_s16";
@@ -110,16 +112,20 @@ __device__ __forceinline__ float sample(const short* __restrict__ hu, int nh, in
     return (z >= 0 && y >= 0 && x >= 0) ? (float)__ldg(hu + ((u64)z * nh + y) * nw + x) : pad;
 }
 
+// Launch: grid (ceil(h*w / 256), d); blockIdx.y is the output slice, so one 32-bit division
+// gives (y, x) (64-bit division is emulated and was the kernel's main cost).
 extern "C" __global__ void __launch_bounds__(256) resample_input(const short* __restrict__ hu, int nh, int nw,
                                           const int4* __restrict__ taps, int d, int h, int w,
                                           int channels, float pad, float lo, float hi,
                                           float scale, float* __restrict__ out) {
-    u64 plane = (u64)d * h * w;
-    u64 idx = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= plane) return;
-    int x = (int)(idx % w);
-    int y = (int)((idx / w) % h);
-    int z = (int)(idx / ((u64)w * h));
+    unsigned int hw = (unsigned int)h * w;
+    unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= hw) return;
+    int z = blockIdx.y;
+    int y = (int)(r / w);
+    int x = (int)(r - (unsigned int)y * w);
+    u64 plane = (u64)d * hw;
+    u64 idx = (u64)z * hw + r;
     int4 tz = __ldg(taps + z);
     int4 ty = __ldg(taps + d + y);
     int4 tx = __ldg(taps + d + h + x);
@@ -147,26 +153,49 @@ extern "C" __global__ void __launch_bounds__(256) resample_input(const short* __
 // the crop; ntaps holds one int4 per box index (z: bd entries, then y: bh, then x: bw):
 //   {i0, i1, bits(w), 0} into the fine grid (clamped to its edge, as the CPU does).
 // Output: one label per box voxel (0 where HU < threshold); argmax ties go to the lower class.
-__device__ __forceinline__ unsigned char label_one(
-        const short* __restrict__ hu, int nh, int nw, const int4* __restrict__ ntaps,
-        const float* __restrict__ probs, int k, int h, int w, u64 plane, short threshold,
-        int bz0, int by0, int bx0, int bd, int bh, int zi, int yi, int xi) {
-    short v = __ldg(hu + ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + (bx0 + xi));
-    if (v < threshold) return 0;
+// Corner weights (order and products exactly as the CPU) and 32-bit offsets of the 8 corners
+// within one class plane (the host checks plane < 2^32).
+__device__ __forceinline__ void corners(const int4* __restrict__ ntaps, int bd, int bh,
+                                        int zi, int yi, int xi, int h, int w,
+                                        float cw[8], unsigned int base[8]) {
     int4 tz = __ldg(ntaps + zi), ty = __ldg(ntaps + bd + yi), tx = __ldg(ntaps + bd + bh + xi);
     float wz = __int_as_float(tz.z), wy = __int_as_float(ty.z), wx = __int_as_float(tx.z);
     float uz = __fsub_rn(1.0f, wz), uy = __fsub_rn(1.0f, wy), ux = __fsub_rn(1.0f, wx);
-    // Corner order and weight products exactly as the CPU reference.
-    float cw[8] = {
-        __fmul_rn(__fmul_rn(uz, uy), ux), __fmul_rn(__fmul_rn(uz, uy), wx),
-        __fmul_rn(__fmul_rn(uz, wy), ux), __fmul_rn(__fmul_rn(uz, wy), wx),
-        __fmul_rn(__fmul_rn(wz, uy), ux), __fmul_rn(__fmul_rn(wz, uy), wx),
-        __fmul_rn(__fmul_rn(wz, wy), ux), __fmul_rn(__fmul_rn(wz, wy), wx)};
-    // 32-bit offsets within one class plane (the host checks plane < 2^32).
+    cw[0] = __fmul_rn(__fmul_rn(uz, uy), ux); cw[1] = __fmul_rn(__fmul_rn(uz, uy), wx);
+    cw[2] = __fmul_rn(__fmul_rn(uz, wy), ux); cw[3] = __fmul_rn(__fmul_rn(uz, wy), wx);
+    cw[4] = __fmul_rn(__fmul_rn(wz, uy), ux); cw[5] = __fmul_rn(__fmul_rn(wz, uy), wx);
+    cw[6] = __fmul_rn(__fmul_rn(wz, wy), ux); cw[7] = __fmul_rn(__fmul_rn(wz, wy), wx);
     unsigned int r00 = ((unsigned int)tz.x * h + ty.x) * w, r01 = ((unsigned int)tz.x * h + ty.y) * w;
     unsigned int r10 = ((unsigned int)tz.y * h + ty.x) * w, r11 = ((unsigned int)tz.y * h + ty.y) * w;
-    unsigned int base[8] = {r00 + tx.x, r00 + tx.y, r01 + tx.x, r01 + tx.y,
-                            r10 + tx.x, r10 + tx.y, r11 + tx.x, r11 + tx.y};
+    base[0] = r00 + tx.x; base[1] = r00 + tx.y; base[2] = r01 + tx.x; base[3] = r01 + tx.y;
+    base[4] = r10 + tx.x; base[5] = r10 + tx.y; base[6] = r11 + tx.x; base[7] = r11 + tx.y;
+}
+
+// K known at compile time: one accumulator per class, corners outer, so all 8*K gathers can
+// be in flight at once. Each class still sums its corners in the CPU's order (bit-identical).
+template <int K>
+__device__ __forceinline__ unsigned char argmax_k(const float* __restrict__ probs, u64 plane,
+                                                  const float cw[8], const unsigned int base[8]) {
+    float p[K];
+#pragma unroll
+    for (int c = 0; c < K; ++c) p[c] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+#pragma unroll
+        for (int c = 0; c < K; ++c)
+            p[c] = __fadd_rn(p[c], __fmul_rn(cw[j], __ldg(probs + (u64)c * plane + base[j])));
+    }
+    int best = 0;
+#pragma unroll
+    for (int c = 1; c < K; ++c)
+        if (p[c] > p[best]) best = c;
+    return (unsigned char)best;
+}
+
+// Any K: classes outer (same sums, fewer loads in flight).
+__device__ __forceinline__ unsigned char argmax_any(const float* __restrict__ probs, u64 plane,
+                                                    int k, const float cw[8],
+                                                    const unsigned int base[8]) {
     int best = 0;
     float best_p = 0.0f;
     for (int c = 0; c < k; ++c) {
@@ -182,39 +211,38 @@ __device__ __forceinline__ unsigned char label_one(
     return (unsigned char)best;
 }
 
+// Launch: grid (ceil(bh*bw / 256), bd), one thread per box voxel; blockIdx.y is the box slice.
 extern "C" __global__ void __launch_bounds__(256) fine_to_native(const short* __restrict__ hu, int nh, int nw,
                                           const int4* __restrict__ ntaps,
                                           const float* __restrict__ probs, int k, int d, int h,
                                           int w, short threshold, int bz0, int by0, int bx0,
                                           int bd, int bh, int bw,
                                           unsigned char* __restrict__ out) {
-    u64 n = (u64)bd * bh * bw;
+    unsigned int bhw = (unsigned int)bh * bw;
+    unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= bhw) return;
+    int zi = blockIdx.y;
+    int yi = (int)(r / bw);
+    int xi = (int)(r - (unsigned int)yi * bw);
+    u64 o = (u64)zi * bhw + r;
+    short v = __ldg(hu + ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + (bx0 + xi));
+    if (v < threshold) {
+        out[o] = 0;
+        return;
+    }
+    float cw[8];
+    unsigned int base[8];
+    corners(ntaps, bd, bh, zi, yi, xi, h, w, cw, base);
     u64 plane = (u64)d * h * w;
-    u64 t = (u64)blockIdx.x * blockDim.x + threadIdx.x;
-    u64 i = t * 4;
-    if (i >= n) return;
-    // Four labels packed little-endian into one 32-bit word (no local-memory array).
-    unsigned int packed = 0;
-    int m = (int)min((u64)4, n - i);
-    int xi = (int)(i % bw);
-    int yi = (int)((i / bw) % bh);
-    int zi = (int)(i / ((u64)bw * bh));
-    for (int j = 0; j < m; ++j) {
-        unsigned int lab = label_one(hu, nh, nw, ntaps, probs, k, h, w, plane, threshold, bz0,
-                                     by0, bx0, bd, bh, zi, yi, xi);
-        packed |= lab << (8 * j);
-        if (++xi == bw) {
-            xi = 0;
-            if (++yi == bh) {
-                yi = 0;
-                ++zi;
-            }
-        }
+    unsigned char lab;
+    switch (k) {
+        case 2: lab = argmax_k<2>(probs, plane, cw, base); break;
+        case 3: lab = argmax_k<3>(probs, plane, cw, base); break;
+        case 4: lab = argmax_k<4>(probs, plane, cw, base); break;
+        case 5: lab = argmax_k<5>(probs, plane, cw, base); break;
+        case 6: lab = argmax_k<6>(probs, plane, cw, base); break;
+        default: lab = argmax_any(probs, plane, k, cw, base); break;
     }
-    if (m == 4) {
-        reinterpret_cast<unsigned int*>(out)[t] = packed;
-    } else {
-        for (int j = 0; j < m; ++j) out[i + j] = (unsigned char)(packed >> (8 * j));
-    }
+    out[o] = lab;
 }
 "#;
