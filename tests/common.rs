@@ -73,6 +73,14 @@ pub fn dicom_files(dir: &Path) -> Vec<PathBuf> {
 
 /// Every `.dcm` below `dir`.
 pub fn dicom_files_below(dir: &Path) -> Vec<PathBuf> {
+    files_below(dir)
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|x| x == "dcm"))
+        .collect()
+}
+
+/// Every file below `dir` (storescp names its files `CT.<uid>` etc., no extension).
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -80,7 +88,7 @@ pub fn dicom_files_below(dir: &Path) -> Vec<PathBuf> {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.extension().is_some_and(|x| x == "dcm") {
+            } else {
                 out.push(p);
             }
         }
@@ -209,4 +217,120 @@ pub fn models_present() -> bool {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../models"));
     dir.join("manifest.toml").is_file()
+}
+
+/// DCMTK storescp on `port`, writing what it receives to `dir`; killed on drop.
+pub struct StoreScp(pub Child);
+
+impl StoreScp {
+    pub fn start(port: u16, dir: &Path) -> StoreScp {
+        std::fs::create_dir_all(dir).expect("storescp dir");
+        let child = Command::new("/usr/bin/storescp")
+            .args(["-aet", "RECV", "-od"])
+            .arg(dir)
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn storescp");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "storescp did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        StoreScp(child)
+    }
+}
+
+impl Drop for StoreScp {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Orthanc on loopback with its own ports and storage in `dir`; killed on drop.
+pub struct Orthanc {
+    pub child: Child,
+    pub dicom_port: u16,
+    pub http_port: u16,
+}
+
+impl Orthanc {
+    /// `cacd_port`: where Orthanc may find cacd (listed in DicomModalities).
+    pub fn start(dir: &Path, cacd_port: u16) -> Orthanc {
+        let (dicom_port, http_port) = (free_port(), free_port());
+        std::fs::create_dir_all(dir.join("db")).expect("orthanc dir");
+        let cfg = serde_json::json!({
+            "Name": "cacd-e2e",
+            "StorageDirectory": dir.join("db"),
+            "IndexDirectory": dir.join("db"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": dicom_port,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomCheckCalledAet": true,
+            "DicomModalities": { "cacd": ["CACD", "127.0.0.1", cacd_port] },
+            "Plugins": [],
+        });
+        let cfg_path = dir.join("orthanc.json");
+        std::fs::write(&cfg_path, serde_json::to_vec_pretty(&cfg).expect("json"))
+            .expect("write orthanc config");
+        let child = Command::new("/usr/sbin/Orthanc")
+            .arg(&cfg_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn Orthanc");
+        let o = Orthanc {
+            child,
+            dicom_port,
+            http_port,
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || o.get("/system").is_some()),
+            "Orthanc did not start"
+        );
+        o
+    }
+
+    /// GET on Orthanc's REST API, parsed as JSON.
+    pub fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let out = Command::new("/usr/bin/curl")
+            .args([
+                "-sf",
+                &format!("http://127.0.0.1:{}{}", self.http_port, path),
+            ])
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One attribute of a DICOM file as dcmdump prints it (`[value]`), trimmed.
+pub fn dcm_value(file: &Path, tag: &str) -> Option<String> {
+    let out = Command::new("/usr/bin/dcmdump")
+        .args(["+P", tag])
+        .arg(file)
+        .output()
+        .ok()?;
+    let s = String::from_utf8_lossy(&out.stdout);
+    let line = s.lines().next()?;
+    let start = line.find('[')? + 1;
+    let end = line[start..].find(']')? + start;
+    Some(line[start..end].trim().to_string())
 }
