@@ -151,16 +151,21 @@ class FineSet:
         i = int(rng.integers(len(self.y)))
         r = rng.random()
         jitter = rng.integers(-12, 13, size=3) * np.array([1, 2, 2])
-        if r < 0.5 and len(self.lesions[i]):
+        if r < MIX[0] and len(self.lesions[i]):
             c = self.lesions[i][rng.integers(len(self.lesions[i]))] + jitter
-        elif r < 0.75 and self.metas[i]["distractors_fine"]:
+        elif r < MIX[1] and self.metas[i]["distractors_fine"]:
             ds = self.metas[i]["distractors_fine"]
             c = np.round(ds[rng.integers(len(ds))]).astype(int) + jitter
-        elif r < 0.85 and len(self.bright[i]):
+        elif r < MIX[2] and len(self.bright[i]):
             c = self.bright[i][rng.integers(len(self.bright[i]))]
         else:
             c = [rng.integers(n) for n in self.shape]
         return self.patch(i, c, size)
+
+
+CLASS_WEIGHTS = [1.0, 8.0, 6.0, 6.0, 6.0]
+# Patch sampling mix: cumulative shares of lesion, distractor, bright-voxel centres (rest: anywhere).
+MIX = [0.5, 0.75, 0.85]
 
 
 def calcium_loss(logits, y, hu):
@@ -173,7 +178,7 @@ def calcium_loss(logits, y, hu):
     """
     focus = ((hu >= 0.10) | (y > 0)).float()
     w = 0.02 + focus
-    class_w = torch.tensor([1.0, 8.0, 6.0, 6.0, 6.0])
+    class_w = torch.tensor(CLASS_WEIGHTS)
     ce = F.cross_entropy(logits, y, weight=class_w, reduction="none")
     ce = (ce * w).sum() / (w * class_w[y]).sum()
     prob = torch.softmax(logits, 1)
@@ -208,15 +213,18 @@ def evaluate_calcium(net, val, coords):
     return {v: float(inter[c] / denom[c]) if denom[c] else float("nan") for c, v in enumerate(VESSELS, 1)}
 
 
-def train_calcium(train, val, out, steps, minutes, batch, size):
+def train_calcium(train, val, out, steps, minutes, batch, size, init=None, lr=3e-3):
     seed_everything(2)
     t_load = time.time()
     ds = FineSet(train)
     print(f"calcium: {len(train)} crops loaded in {time.time() - t_load:.0f}s", flush=True)
     net = CalciumNet()
-    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.08)
-    rng = np.random.default_rng(2)
+    if init:
+        # Fine-tuning continues from an earlier run's weights (its seed stream differs: 3).
+        net.load_state_dict(torch.load(init, map_location="cpu"))
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.08)
+    rng = np.random.default_rng(3 if init else 2)
     t0 = time.time()
     net.train()
     for step in range(steps):
@@ -251,7 +259,13 @@ def main():
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--patch", type=int, nargs=3, default=[32, 80, 80])
     ap.add_argument("--only", choices=["heart", "calcium"])
+    ap.add_argument("--calcium-init", help="start the calcium net from these weights (fine-tuning)")
+    ap.add_argument("--calcium-lr", type=float, default=3e-3)
+    ap.add_argument("--class-weights", type=float, nargs=5, default=CLASS_WEIGHTS)
+    ap.add_argument("--mix", type=float, nargs=3, default=MIX, help="cumulative lesion/distractor/bright shares")
     args = ap.parse_args()
+    CLASS_WEIGHTS[:] = args.class_weights
+    MIX[:] = args.mix
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -264,7 +278,7 @@ def main():
     if args.only in (None, "heart"):
         metrics.update(train_heart(train, val, out, args.heart_steps, args.heart_minutes))
     if args.only in (None, "calcium"):
-        metrics.update(train_calcium(train, val, out, args.calcium_steps, args.calcium_minutes, args.batch, tuple(args.patch)))
+        metrics.update(train_calcium(train, val, out, args.calcium_steps, args.calcium_minutes, args.batch, tuple(args.patch), args.calcium_init, args.calcium_lr))
     metrics_path.write_text(json.dumps(metrics, indent=2))
 
 
