@@ -185,3 +185,78 @@ fn over_the_association_cap_is_refused_transient() {
     .success()));
     drop(serve);
 }
+
+#[test]
+fn sigkill_during_receive_keeps_every_acknowledged_instance() {
+    let tmp = tempfile::tempdir().unwrap();
+    let study = phantom(tmp.path(), 12, 60);
+    let files = dicom_files(&study);
+    let port = free_port();
+    let cfg = config(tmp.path(), port, "");
+    let data = tmp.path().join("data");
+    let serve = Serve::start(&cfg, port, &data);
+    let sender = Command::new(STORESCU)
+        .args([
+            "-v",
+            "-aet",
+            "CT01",
+            "-aec",
+            "CACD",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .args(&files)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the daemon mid-series, as a power cut would.
+    assert!(wait_until(Duration::from_secs(30), || dicom_files_below(
+        &data.join("studies")
+    )
+    .len()
+        >= 5));
+    serve.kill();
+    let out = sender.wait_with_output().unwrap();
+    let acked = text(&out)
+        .matches("Received Store Response (Success)")
+        .count();
+    let on_disk = dicom_files_below(&data.join("studies"));
+    assert!(
+        acked > 0 && acked < files.len(),
+        "the kill should land mid-series (acked {acked})"
+    );
+    assert!(
+        on_disk.len() >= acked,
+        "acknowledged {acked}, on disk {}",
+        on_disk.len()
+    );
+    // Every file on disk is complete and parses.
+    for f in &on_disk {
+        assert!(
+            dcm_value(f, "0008,0018").is_some_and(|v| !v.is_empty()),
+            "{}",
+            f.display()
+        );
+    }
+    // Restart and send everything again: the series completes, each instance stored once.
+    let serve = Serve::start(&cfg, port, &data);
+    let mut again = Command::new(STORESCU);
+    again
+        .args([
+            "-aet",
+            "CT01",
+            "-aec",
+            "CACD",
+            "127.0.0.1",
+            &port.to_string(),
+        ])
+        .args(&files);
+    assert!(run(&mut again).status.success());
+    assert_eq!(dicom_files_below(&data.join("studies")).len(), files.len());
+    serve.terminate();
+    let q = cacd::queue::Queue::open(&data).unwrap();
+    let series = q.all_series().unwrap();
+    assert_eq!(series.len(), 1);
+    assert_eq!(series[0].instances as usize, files.len());
+}
