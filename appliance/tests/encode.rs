@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use cacd::encode::{self, EncodeInput, EncodeOptions, Encoded};
+use cacd::phantom::{self, Burden, PhantomSpec};
 use cacd::result::ModelInfo;
 use cacd::score::{self, Scores, Vessel};
 use cacd::volume::{Geometry, SeriesMeta, Volume};
@@ -51,6 +52,9 @@ struct Case {
     scores: Scores,
 }
 
+/// A calcium blob: vessel, slice, centre y, centre x, half-size (y, x), peak HU.
+type Blob = (Vessel, usize, usize, usize, (usize, usize), i16);
+
 /// A synthetic chest-like series, 512×512, `slices` slices at 2.5 mm: a soft-tissue body,
 /// bone and an unmasked bright aorta wall (never in the SEG), and calcium blobs in all four
 /// vessels on chosen slices when `calcium`.
@@ -78,7 +82,7 @@ fn synthetic(slices: usize, calcium: bool, enhanced: bool) -> Case {
     }
     if calcium {
         // (vessel, slice, y, x, half-size, HU): asymmetric shapes so a transposition shows.
-        let blobs: &[(Vessel, usize, usize, usize, (usize, usize), i16)] = &[
+        let blobs: &[Blob] = &[
             (Vessel::LM, 5, 230, 270, (2, 4), 450),
             (Vessel::LAD, 6, 210, 300, (3, 6), 380),
             (Vessel::LAD, 7, 214, 304, (4, 2), 520),
@@ -165,6 +169,24 @@ fn synthetic(slices: usize, calcium: bool, enhanced: bool) -> Case {
     }
 }
 
+/// A real-size phantom study (512×512, 20 slices); its truth lesions are the scores.
+fn phantom_case(seed: u64, burden: Burden) -> Case {
+    let mut spec = PhantomSpec::new(seed, burden);
+    spec.slices = Some(20);
+    let p = phantom::generate(&spec);
+    let mut labels = Array3::<u8>::zeros(p.volume.hu.dim());
+    for l in &p.truth.lesions {
+        for &(y, x) in &l.pixels {
+            labels[[l.slice, y as usize, x as usize]] = l.vessel.label();
+        }
+    }
+    Case {
+        volume: p.volume,
+        labels,
+        scores: p.truth,
+    }
+}
+
 fn encode_case(case: &Case, version: u32, warnings: &[String]) -> Encoded {
     let model = model();
     let options = EncodeOptions::default();
@@ -223,6 +245,20 @@ fn items(obj: &InMemDicomObject, tag: dicom_core::Tag) -> &[InMemDicomObject] {
 
 // ---------------------------------------------------------------------------------------
 
+/// Phantoms with and without calcium, and synthetic single- and multi-frame sources.
+fn test_cases() -> Vec<(&'static str, Case)> {
+    let moderate = phantom_case(7, Burden::Moderate);
+    assert!(!moderate.scores.lesions.is_empty());
+    let none = phantom_case(8, Burden::None);
+    assert!(none.scores.lesions.is_empty());
+    vec![
+        ("phantom-moderate", moderate),
+        ("phantom-none", none),
+        ("synthetic-calcium", synthetic(14, true, false)),
+        ("synthetic-enhanced", synthetic(14, true, true)),
+    ]
+}
+
 /// Runs dciodvfy on a file: the Error lines and the warnings not allowed.
 fn dciodvfy(path: &Path) -> Option<(Vec<String>, Vec<String>)> {
     let bin = Path::new("/usr/bin/dciodvfy");
@@ -254,14 +290,9 @@ fn dciodvfy(path: &Path) -> Option<(Vec<String>, Vec<String>)> {
 fn dciodvfy_accepts_all_objects_with_and_without_calcium() {
     let warnings = vec!["Tube voltage 100 kVp: Agatston weights assume 120 kVp".to_string()];
     let mut problems = Vec::new();
-    for (name, calcium, enhanced) in [
-        ("calcium", true, false),
-        ("no-calcium", false, false),
-        ("enhanced", true, true),
-    ] {
-        let case = synthetic(14, calcium, enhanced);
+    for (name, case) in test_cases() {
         let enc = encode_case(&case, 1, &warnings);
-        assert_eq!(enc.seg.is_some(), calcium);
+        assert_eq!(enc.seg.is_some(), !case.scores.lesions.is_empty());
         for f in write_all(&enc, &out_dir(&format!("dciodvfy-{name}"))) {
             let Some((errors, warns)) = dciodvfy(&f) else {
                 println!("SKIP: /usr/bin/dciodvfy not installed (scripts/install-test-deps installs dicom3tools)");
@@ -337,12 +368,7 @@ fn run_highdicom_check(case: &Case, enc: &Encoded, warnings: &[String], dir: &Pa
 #[test]
 fn highdicom_reads_seg_mask_and_sr_values() {
     let warnings = vec!["Slice thickness above 3 mm is outside the validated range".to_string()];
-    for (name, calcium, enhanced) in [
-        ("calcium", true, false),
-        ("no-calcium", false, false),
-        ("enhanced", true, true),
-    ] {
-        let case = synthetic(14, calcium, enhanced);
+    for (name, case) in test_cases() {
         let enc = encode_case(&case, 1, &warnings);
         if !run_highdicom_check(
             &case,
@@ -588,8 +614,11 @@ fn no_calcium_gives_no_seg_and_the_sr_says_so() {
 
 #[test]
 fn summary_image_shows_outlines_in_vessel_colours_and_is_saved_as_png() {
-    for (name, calcium) in [("calcium", true), ("no-calcium", false)] {
-        let case = synthetic(14, calcium, false);
+    for (name, case) in [
+        ("phantom-moderate", phantom_case(7, Burden::Moderate)),
+        ("phantom-none", phantom_case(8, Burden::None)),
+        ("synthetic", synthetic(14, true, false)),
+    ] {
         let warnings = vec![
             "Slice thickness 2.5 mm: within range".to_string(),
             "Heart partly outside the scanned range; scores may be underestimated".to_string(),

@@ -225,6 +225,16 @@ pub fn render(input: &EncodeInput) -> Result<RgbImage, EncodeError> {
     Ok(c.img)
 }
 
+/// One decimal, never "-0.0" (an empty sum of scores can be negative zero).
+fn one_decimal(x: f64) -> String {
+    let s = format!("{x:.1}");
+    if s == "-0.0" {
+        "0.0".to_string()
+    } else {
+        s
+    }
+}
+
 fn iso_date(da: &Option<String>) -> String {
     match da.as_deref() {
         Some(d) if d.len() == 8 && d.bytes().all(|b| b.is_ascii_digit()) => {
@@ -357,7 +367,7 @@ fn draw_slice(
     let right = if input.scores.lesions.is_empty() {
         "no calcium".to_string()
     } else {
-        format!("{on_slice:.1} on slice")
+        format!("{} on slice", one_decimal(on_slice))
     };
     let rw = c.text_width(true, 13.0, &right);
     c.text(
@@ -377,6 +387,14 @@ fn draw_slice(
     }
     // Vessels outlined on this slice, coloured, on a dark strip for contrast.
     c.blend_rect(at.0, at.1 + size - 24, size, 24, [0, 0, 0], 0.6);
+    if input.scores.lesions.is_empty() {
+        c.text(
+            Pen::new(true, 14.0, risk_colour("0")),
+            at.0 as f32 + 6.0,
+            (at.1 + size) as f32 - 7.0,
+            super::sr::NO_CALCIUM_TEXT,
+        );
+    }
     let mut x = at.0 as f32 + 6.0;
     for vessel in Vessel::ALL {
         if input
@@ -455,13 +473,13 @@ fn draw_scores(c: &mut Canvas, input: &EncodeInput, s: &Scores) {
         Pen::new(true, 46.0, [255, 255, 255]),
         x0,
         162.0,
-        &format!("{:.1}", s.agatston_total),
+        &one_decimal(s.agatston_total),
     );
     c.text(
         Pen::new(false, 16.0, DIM),
         x0 + total_w + 10.0,
         162.0,
-        &format!("{:.1} mm³", s.volume_mm3),
+        &format!("{} mm³", one_decimal(s.volume_mm3)),
     );
 
     // Risk category pill and CAC-DRS.
@@ -501,13 +519,13 @@ fn draw_scores(c: &mut Canvas, input: &EncodeInput, s: &Scores) {
             Pen::new(false, 16.0, TEXT),
             cols[0],
             y,
-            &format!("{:.1}", s.per_vessel.get(vessel)),
+            &one_decimal(s.per_vessel.get(vessel)),
         );
         c.text_right(
             Pen::new(false, 16.0, TEXT),
             cols[1],
             y,
-            &format!("{:.1}", s.per_vessel_volume_mm3.get(vessel)),
+            &one_decimal(s.per_vessel_volume_mm3.get(vessel)),
         );
         c.text_right(
             Pen::new(false, 16.0, TEXT),
@@ -524,13 +542,13 @@ fn draw_scores(c: &mut Canvas, input: &EncodeInput, s: &Scores) {
         Pen::new(true, 16.0, [255, 255, 255]),
         cols[0],
         y,
-        &format!("{:.1}", s.agatston_total),
+        &one_decimal(s.agatston_total),
     );
     c.text_right(
         Pen::new(true, 16.0, [255, 255, 255]),
         cols[1],
         y,
-        &format!("{:.1}", s.volume_mm3),
+        &one_decimal(s.volume_mm3),
     );
     c.text_right(
         Pen::new(true, 16.0, [255, 255, 255]),
