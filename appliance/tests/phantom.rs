@@ -203,7 +203,11 @@ fn dciodvfy_finds_no_errors() {
         eprintln!("skipped: /usr/bin/dciodvfy is not installed");
         return;
     }
-    for ts in [TransferSyntaxChoice::Explicit, TransferSyntaxChoice::Rle] {
+    for ts in [
+        TransferSyntaxChoice::Explicit,
+        TransferSyntaxChoice::Rle,
+        TransferSyntaxChoice::JpegLs,
+    ] {
         let mut spec = PhantomSpec::new(5, Burden::Moderate);
         spec.slices = Some(2);
         spec.transfer_syntax = Some(ts);
@@ -224,6 +228,10 @@ fn dciodvfy_finds_no_errors() {
             assert!(errors.is_empty(), "{ts:?} {}:\n{text}", f.display());
         }
     }
+}
+
+fn img_put(img: &mut image::RgbImage, x: u32, y: u32, px: [u8; 3]) {
+    img.put_pixel(x, y, image::Rgb(px));
 }
 
 /// Writes PNGs of a few slices to /tmp/phantom_png (window −200..400) for looking at.
@@ -282,6 +290,55 @@ fn dump_pngs() {
             }
             img.save(out.join(format!("s{seed}_{name}.png"))).unwrap();
         }
+        // Contact sheet: 12 crops (200×200 px) round the heart, top to bottom.
+        let hc = p.volume.geometry.patient_to_index(p.info.heart_center_mm);
+        let (cy, cx) = (hc[1].round() as i64, hc[2].round() as i64);
+        let mut sheet = image::RgbImage::new(800, 600);
+        let lo = (0..nz)
+            .find(|&k| {
+                p.heart_mask
+                    .index_axis(ndarray::Axis(0), k)
+                    .iter()
+                    .any(|&m| m > 0)
+            })
+            .unwrap_or(0);
+        let hi = (0..nz)
+            .rev()
+            .find(|&k| {
+                p.heart_mask
+                    .index_axis(ndarray::Axis(0), k)
+                    .iter()
+                    .any(|&m| m > 0)
+            })
+            .unwrap_or(nz - 1);
+        for t in 0..12usize {
+            let k = hi - (hi - lo) * t / 11;
+            for yy in 0..200i64 {
+                for xx in 0..200i64 {
+                    let (y, x) = (cy - 100 + yy, cx - 100 + xx);
+                    if y < 0 || x < 0 || y >= ny as i64 || x >= nx as i64 {
+                        continue;
+                    }
+                    let (y, x) = (y as usize, x as usize);
+                    let v = p.volume.hu[[k, y, x]] as f32;
+                    let g = (((v + 200.0) / 600.0).clamp(0.0, 1.0) * 255.0) as u8;
+                    let px = match p.lesion_labels[[k, y, x]] {
+                        0 => [g, g, g],
+                        1 => [255, 255, 0],
+                        2 => [255, 0, 0],
+                        3 => [0, 255, 0],
+                        _ => [0, 128, 255],
+                    };
+                    img_put(
+                        &mut sheet,
+                        (t % 4) as u32 * 200 + xx as u32,
+                        (t / 4) as u32 * 200 + yy as u32,
+                        px,
+                    );
+                }
+            }
+        }
+        sheet.save(out.join(format!("s{seed}_sheet.png"))).unwrap();
         // Coronal through the heart centre.
         let hy = p.volume.geometry.patient_to_index(p.info.heart_center_mm)[1].round() as usize;
         let mut img = image::GrayImage::new(nx as u32, nz as u32);

@@ -30,12 +30,27 @@ pub struct Heart {
     pub u_av: f64,
     /// Polar angle (from the base pole) of the AV groove.
     pub alpha_av: f64,
+    /// Taper: cross-sections scale by `1 - cone * u / a` (wide base, narrow apex).
+    pub cone: f64,
 }
 
 impl Heart {
     pub fn to_local(&self, p: V3) -> V3 {
         let d = sub(p, self.c);
         [dot(d, self.eu), dot(d, self.es), dot(d, self.en)]
+    }
+
+    /// Cross-section scale at long-axis coordinate `u`.
+    pub fn taper(&self, u: f64) -> f64 {
+        1.0 - self.cone * (u / self.a).clamp(-1.0, 1.0)
+    }
+
+    /// Normalised squared radius of a local point on the sac shrunk by `d` mm (≤ 1 inside).
+    pub fn rho2(&self, l: V3, d: f64) -> f64 {
+        let g = self.taper(l[0]);
+        (l[0] / (self.a - d)).powi(2)
+            + (l[1] / (g * (self.b - d))).powi(2)
+            + (l[2] / (g * (self.cc - d))).powi(2)
     }
 
     pub fn to_patient(&self, l: V3) -> V3 {
@@ -52,10 +67,12 @@ impl Heart {
     /// pole (0 base, π apex) and azimuth `beta` round the long axis (0 anterior IV groove,
     /// π/2 left ventricle, π posterior IV groove, −π/2 right ventricle).
     pub fn surface(&self, alpha: f64, beta: f64, d: f64) -> V3 {
+        let u = -(self.a - d) * alpha.cos();
+        let g = self.taper(u);
         self.to_patient([
-            -(self.a - d) * alpha.cos(),
-            (self.b - d) * alpha.sin() * beta.cos(),
-            (self.cc - d) * alpha.sin() * beta.sin(),
+            u,
+            g * (self.b - d) * alpha.sin() * beta.cos(),
+            g * (self.cc - d) * alpha.sin() * beta.sin(),
         ])
     }
 
@@ -63,7 +80,8 @@ impl Heart {
     pub fn half_extent(&self) -> V3 {
         // The fat pad is off-centre towards the apex and front (see render::SliceCtx::heart).
         let f = 1.2 * self.peri_fat;
-        let r = [self.a + f, self.b + f, self.cc + f];
+        let g = 1.0 + self.cone;
+        let r = [self.a + f, g * self.b + f, g * self.cc + f];
         let ax = [self.eu, self.es, self.en];
         let mut e = [0.0; 3];
         for (i, ei) in e.iter_mut().enumerate() {
@@ -226,6 +244,7 @@ pub fn draw_patient<R: Rng>(rng: &mut R, habitus: f64) -> Patient {
         peri_fat,
         u_av,
         alpha_av,
+        cone: uni(rng, 0.08, 0.22),
     };
     // Place the heart: left of the midline, its front against (or near) the anterior chest
     // wall so ribs, cartilage and sternum may touch its contour.
@@ -302,8 +321,8 @@ pub fn draw_patient<R: Rng>(rng: &mut R, habitus: f64) -> Patient {
         lung_hu: uni(rng, -880.0, -820.0),
         lung_gradient: uni(rng, 0.2, 0.6),
         liver_hu: uni(rng, 50.0, 65.0),
-        med_w_low: uni(rng, 12.0, 20.0),
-        med_w_high: uni(rng, 28.0, 40.0),
+        med_w_low: uni(rng, 5.0, 11.0),
+        med_w_high: uni(rng, 18.0, 30.0),
         med_z_high: heart_z[1] - uni(rng, 0.0, 15.0),
         table_y: body_c[1] + body_ay_post + uni(rng, 3.0, 12.0),
         table_hu: uni(rng, 80.0, 250.0),
@@ -831,9 +850,11 @@ mod tests {
             let h = &p.heart;
             for c in &p.coronaries {
                 for q in &c.path.points {
-                    let l = h.to_local(*q);
-                    let rho = (l[0] / h.a).powi(2) + (l[1] / h.b).powi(2) + (l[2] / h.cc).powi(2);
-                    assert!(rho < 1.0, "vessel {} leaves the sac", c.label);
+                    assert!(
+                        h.rho2(h.to_local(*q), 0.0) < 1.0,
+                        "vessel {} leaves the sac",
+                        c.label
+                    );
                 }
             }
             let lm0 = p.coronaries[0].path.points[0];

@@ -127,6 +127,32 @@ fn draw_plaque<R: Rng>(
     None
 }
 
+/// Agatston total over the slices that hold labels (labels are zero elsewhere, so this equals
+/// the total over the whole volume, at a fraction of the cost).
+fn slab_total(
+    g: &Grid,
+    hu: &[i16],
+    labels: &[u8],
+    touched: &[usize],
+    dims: (usize, usize, usize),
+) -> f64 {
+    let n = g.nx * g.ny;
+    let (Some(k0), Some(k1)) = (
+        touched.iter().map(|i| i / n).min(),
+        touched.iter().map(|i| i / n).max(),
+    ) else {
+        return 0.0;
+    };
+    let slab = (k1 - k0 + 1, dims.1, dims.2);
+    match (
+        ArrayView3::from_shape(slab, &hu[k0 * n..(k1 + 1) * n]),
+        ArrayView3::from_shape(slab, &labels[k0 * n..(k1 + 1) * n]),
+    ) {
+        (Ok(h), Ok(l)) => score::score(h, l, g.spacing).agatston_total,
+        _ => 0.0,
+    }
+}
+
 /// Result of the calibration.
 pub struct Calibrated {
     pub plaques: Vec<Plaque>,
@@ -174,15 +200,7 @@ pub fn calibrate<R: Rng>(
         iterations = it + 1;
         let items: Vec<CalcItem> = plaques.iter().map(|q| q.calc(p)).collect();
         apply_plaques(&items, g, rendered, hu, labels, &mut touched, hu_max);
-        let total = match (
-            ArrayView3::from_shape(dims, hu),
-            ArrayView3::from_shape(dims, labels),
-        ) {
-            (Ok(h), Ok(l)) => {
-                score::score(h, l, [g.spacing[0], g.spacing[1], g.spacing[2]]).agatston_total
-            }
-            _ => 0.0,
-        };
+        let total = slab_total(g, hu, labels, &touched, dims);
         let ok = in_category(burden, total);
         let ratio = target / total.max(0.5);
         if ok {

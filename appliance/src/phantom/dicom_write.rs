@@ -5,8 +5,11 @@ use super::{rle, Phantom, PhantomError, TransferSyntaxChoice};
 use dicom_core::value::PixelFragmentSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
 use dicom_dictionary_std::tags;
+use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_object::InMemDicomObject;
+use dicom_pixeldata::Transcode;
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -213,11 +216,23 @@ fn file_name(sop_uid: &str) -> String {
 }
 
 fn save(o: InMemDicomObject, ts: TransferSyntaxChoice, path: &Path) -> Result<(), PhantomError> {
+    let native = match ts {
+        // The JPEG-LS encoder is CharLS behind dicom-pixeldata's transcoder: start native.
+        TransferSyntaxChoice::JpegLs => TransferSyntaxChoice::Explicit,
+        other => other,
+    };
     let meta = FileMetaTableBuilder::new()
-        .transfer_syntax(ts.uid())
+        .transfer_syntax(native.uid())
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name("CACD_PHANTOM");
-    let f = o.with_meta(meta).map_err(|e| dicom_err("file meta", e))?;
+    let mut f = o.with_meta(meta).map_err(|e| dicom_err("file meta", e))?;
+    if native != ts {
+        let target = TransferSyntaxRegistry.get(ts.uid()).ok_or_else(|| {
+            dicom_err("transfer syntax", format!("{} is not registered", ts.uid()))
+        })?;
+        f.transcode(target)
+            .map_err(|e| dicom_err("JPEG-LS encoding (is the jpegls feature on?)", e))?;
+    }
     f.write_to_file(path)
         .map_err(|e| dicom_err(&path.display().to_string(), e))
 }

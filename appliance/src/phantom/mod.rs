@@ -65,14 +65,17 @@ pub enum TransferSyntaxChoice {
     Deflate,
     /// RLE Lossless.
     Rle,
+    /// JPEG-LS Lossless (CharLS; needs the `jpegls` feature, on by default).
+    JpegLs,
 }
 
 impl TransferSyntaxChoice {
-    pub const ALL: [TransferSyntaxChoice; 4] = [
+    pub const ALL: [TransferSyntaxChoice; 5] = [
         TransferSyntaxChoice::Explicit,
         TransferSyntaxChoice::Implicit,
         TransferSyntaxChoice::Deflate,
         TransferSyntaxChoice::Rle,
+        TransferSyntaxChoice::JpegLs,
     ];
 
     pub fn uid(self) -> &'static str {
@@ -81,6 +84,7 @@ impl TransferSyntaxChoice {
             TransferSyntaxChoice::Implicit => "1.2.840.10008.1.2",
             TransferSyntaxChoice::Deflate => "1.2.840.10008.1.2.1.99",
             TransferSyntaxChoice::Rle => "1.2.840.10008.1.2.5",
+            TransferSyntaxChoice::JpegLs => "1.2.840.10008.1.2.4.80",
         }
     }
 }
@@ -264,7 +268,13 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
     let ts = spec.transfer_syntax.unwrap_or(drawn_ts);
     let drawn_signed = rng_format.gen_bool(0.5);
     let signed = spec.signed.unwrap_or(drawn_signed);
-    let bits_stored: u16 = if rng_format.gen_bool(0.5) { 12 } else { 16 };
+    let drawn_bits: u16 = if rng_format.gen_bool(0.5) { 12 } else { 16 };
+    // JPEG-LS codes BitsStored-bit samples: signed data go as 16-bit two's complement.
+    let bits_stored = if signed && ts == TransferSyntaxChoice::JpegLs {
+        16
+    } else {
+        drawn_bits
+    };
     let hu_max: i16 = if signed && bits_stored == 12 {
         2047
     } else {

@@ -174,6 +174,9 @@ struct SliceCtx<'a> {
     med_w: f64,
     heart_box: [f64; 4],
     px: f32,
+    /// Separable lung texture factors per column and row.
+    tex_x: Vec<f32>,
+    tex_y: Vec<f32>,
 }
 
 impl<'a> SliceCtx<'a> {
@@ -204,6 +207,12 @@ impl<'a> SliceCtx<'a> {
             med_w,
             heart_box,
             px: g.spacing[2] as f32,
+            tex_x: (0..g.nx)
+                .map(|ix| (g.x(ix) * 0.09 + z * 0.05).sin() as f32)
+                .collect(),
+            tex_y: (0..g.ny)
+                .map(|iy| (g.y(iy) * 0.11 - z * 0.07).cos() as f32)
+                .collect(),
         }
     }
 
@@ -275,8 +284,7 @@ impl<'a> SliceCtx<'a> {
         } else {
             // Lung, denser towards the back (dependent), with faint texture and vessels.
             let grad = (cdy / cay) as f32 * 60.0 * p.lung_gradient as f32;
-            let tex =
-                12.0 * ((x * 0.09 + self.z * 0.05).sin() * (y * 0.11 - self.z * 0.07).cos()) as f32;
+            let tex = 12.0 * self.tex_x[i % self.tex_x.len()] * self.tex_y[i / self.tex_x.len()];
             let lung = p.lung_hu as f32 + grad + tex;
             let w = edge(t.lv[i], self.px);
             lung * (1.0 - w) + BLOOD_HU * w
@@ -423,16 +431,17 @@ impl<'a> SliceCtx<'a> {
     /// Heart with epicardial/pericardial fat and the coronaries; `None` outside its fat.
     fn heart(&self, h: &Heart, q: V3, i: usize, t: &TubeBufs) -> Option<(f32, bool)> {
         let l = h.to_local(q);
-        let r_p = (l[0] / h.a).powi(2) + (l[1] / h.b).powi(2) + (l[2] / h.cc).powi(2);
+        let r_p = h.rho2(l, 0.0);
         let inside = r_p <= 1.0;
         let cd = t.cor[i];
         if !inside && cd > 0.5 * self.px {
             // Pericardial fat pad: thickest over the apex and the front (sternocostal face),
             // thin or absent behind, where lung touches the pericardium.
             let pf = h.peri_fat;
+            let g = h.taper(l[0]);
             let r_pf = ((l[0] - 0.35 * pf) / (h.a + 0.8 * pf)).powi(2)
-                + ((l[1] - 0.3 * pf) / (h.b + 0.7 * pf)).powi(2)
-                + ((l[2] + 0.3 * pf) / (h.cc + 0.4 * pf)).powi(2);
+                + ((l[1] - 0.3 * pf) / (g * h.b + 0.7 * pf)).powi(2)
+                + ((l[2] + 0.3 * pf) / (g * h.cc + 0.4 * pf)).powi(2);
             if r_pf > 1.0 {
                 return None;
             }
@@ -441,10 +450,7 @@ impl<'a> SliceCtx<'a> {
         let mut v = if !inside {
             fat
         } else {
-            let e = h.epi;
-            let r_m = (l[0] / (h.a - e)).powi(2)
-                + (l[1] / (h.b - e)).powi(2)
-                + (l[2] / (h.cc - e)).powi(2);
+            let r_m = h.rho2(l, h.epi);
             let groove = (l[0] - h.u_av).abs() < 5.0 && r_m > 0.8;
             if r_m > 1.0 || groove {
                 let thin = 1.0 - 1.2 / h.b.min(h.cc);
