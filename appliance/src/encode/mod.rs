@@ -96,7 +96,7 @@ pub const SR_SERIES_NUMBER: i32 = 9702;
 pub const SUMMARY_SERIES_NUMBER: i32 = 9703;
 
 /// Private coding scheme for concepts with no standard code (risk category, CAC-DRS, lesion
-/// count, quality warnings). Declared in each object's CodingSchemeIdentificationSequence.
+/// count, quality warnings). Declared in the SR's CodingSchemeIdentificationSequence.
 pub const CACD_SCHEME: &str = "99CACD";
 
 /// The deterministic UID of one result object: `2.25.<decimal of the first 128 bits of
@@ -413,7 +413,7 @@ pub(crate) mod codes {
     }
 }
 
-/// CodingSchemeIdentificationSequence declaring the private scheme.
+/// CodingSchemeIdentificationSequence declaring the private scheme (only the SR uses it).
 pub(crate) fn coding_scheme_identification() -> Vec<InMemDicomObject> {
     vec![object_of(&[
         (tags::CODING_SCHEME_DESIGNATOR, VR::SH, CACD_SCHEME),
@@ -517,11 +517,6 @@ pub(crate) fn common_modules(
     put_str(&mut o, tags::INSTANCE_CREATION_DATE, VR::DA, &ctx.date);
     put_str(&mut o, tags::INSTANCE_CREATION_TIME, VR::TM, &ctx.time);
     put_str(&mut o, tags::TIMEZONE_OFFSET_FROM_UTC, VR::SH, "+0000");
-    put_seq(
-        &mut o,
-        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
-        coding_scheme_identification(),
-    );
     // Patient
     put_str(&mut o, tags::PATIENT_NAME, VR::PN, &opt(&m.patient_name));
     put_str(&mut o, tags::PATIENT_ID, VR::LO, &opt(&m.patient_id));

@@ -92,6 +92,11 @@ pub(crate) fn build(
             series_description: &series_description,
         },
     );
+    put_seq(
+        &mut o,
+        tags::CODING_SCHEME_IDENTIFICATION_SEQUENCE,
+        super::coding_scheme_identification(),
+    );
     // SR Document Series / General
     put_seq(
         &mut o,
