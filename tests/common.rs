@@ -324,7 +324,7 @@ impl Drop for Orthanc {
 /// One attribute of a DICOM file as dcmdump prints it (`[value]`), trimmed.
 pub fn dcm_value(file: &Path, tag: &str) -> Option<String> {
     let out = Command::new("/usr/bin/dcmdump")
-        .args(["+P", tag])
+        .args(["-Un", "+P", tag])
         .arg(file)
         .output()
         .ok()?;
