@@ -127,7 +127,6 @@ pub struct Patient {
     pub body_ay_ant: f64,
     pub body_ay_post: f64,
     pub fat: f64,
-    pub muscle: f64,
     pub fat_hu: f64,
     pub muscle_hu: f64,
     // Thoracic cavity (inside the ribs).
@@ -215,10 +214,10 @@ pub fn draw_patient<R: Rng>(rng: &mut R, habitus: f64) -> Patient {
     let cancellous_hu = uni(rng, 140.0, 300.0);
 
     // Heart: size, orientation and position.
-    let hs = uni(rng, 0.88, 1.15) * (1.0 + 0.08 * h);
-    let a = 60.0 * hs;
-    let b = 44.0 * hs;
-    let cc = 47.0 * hs;
+    let hs = uni(rng, 0.88, 1.08) * (1.0 + 0.06 * h);
+    let a = 56.0 * hs;
+    let b = 40.0 * hs;
+    let cc = 44.0 * hs;
     let phi = uni(rng, 35.0, 60.0).to_radians(); // azimuth of the long axis from anterior to left
     let theta = uni(rng, 15.0, 38.0).to_radians(); // downward tilt of the long axis
     let roll = uni(rng, -15.0, 15.0).to_radians();
@@ -276,7 +275,7 @@ pub fn draw_patient<R: Rng>(rng: &mut R, habitus: f64) -> Patient {
     let disc_h = uni(rng, 4.0, 6.5);
     let rib_spacing = uni(rng, 22.0, 27.0);
     let rib_z0 = heart_z[1] + uni(rng, 70.0, 110.0);
-    let rib_drop = uni(rng, 80.0, 110.0);
+    let rib_drop = uni(rng, 90.0, 130.0);
 
     let sternum_ht = uni(rng, 4.5, 7.0);
     let sternum_y = cav_c[1] - cav_ay_ant - sternum_ht - 1.0;
@@ -289,7 +288,6 @@ pub fn draw_patient<R: Rng>(rng: &mut R, habitus: f64) -> Patient {
         body_ay_ant,
         body_ay_post,
         fat,
-        muscle,
         fat_hu: uni(rng, -115.0, -85.0),
         muscle_hu: uni(rng, 40.0, 60.0),
         cav_c,
@@ -491,8 +489,8 @@ fn build_vessels<R: Rng>(p: &mut Patient, rng: &mut R, h: f64) {
     let asc_top = add(
         root,
         [
-            uni(rng, -12.0, -4.0),
             uni(rng, -10.0, 0.0),
+            -uni(rng, 18.0, 30.0), // the ascending aorta climbs forwards, in front of the trachea
             uni(rng, 45.0, 65.0),
         ],
     );
@@ -629,7 +627,7 @@ fn build_lung_vessels<R: Rng>(p: &mut Patient, rng: &mut R) {
     for hil in hila {
         let side = if hil[0] > p.xm { 1.0 } else { -1.0 };
         let mut stack: Vec<(V3, V3, f64, u32)> = Vec::new();
-        for _ in 0..4 {
+        for _ in 0..7 {
             let d = normalize([
                 side * uni(rng, 0.3, 1.0),
                 uni(rng, -0.6, 0.6),
@@ -649,7 +647,7 @@ fn build_lung_vessels<R: Rng>(p: &mut Patient, rng: &mut R) {
                 class: TubeClass::LungVessel,
                 label: 0,
             });
-            if gen < 5 && r_end > 0.6 {
+            if gen < 6 && r_end > 0.5 {
                 for _ in 0..2 {
                     let axis = perpendicular(dir);
                     let axis = rotate(axis, dir, uni(rng, 0.0, 2.0 * PI));

@@ -380,7 +380,9 @@ impl<'a> SliceCtx<'a> {
         if psi < 0.2 {
             return None;
         }
-        let drop = p.rib_drop * psi / std::f64::consts::PI;
+        // Ribs fall steeply at the side and run almost level at the back and the front.
+        let t = ((psi / std::f64::consts::PI - 0.12) / 0.6).clamp(0.0, 1.0);
+        let drop = p.rib_drop * t * t * (3.0 - 2.0 * t);
         let kf = (p.rib_z0 - drop - self.z) / p.rib_spacing;
         let k = kf.round();
         if !(0.0..12.0).contains(&k) {
@@ -453,12 +455,8 @@ impl<'a> SliceCtx<'a> {
             let r_m = h.rho2(l, h.epi);
             let groove = (l[0] - h.u_av).abs() < 5.0 && r_m > 0.8;
             if r_m > 1.0 || groove {
-                let thin = 1.0 - 1.2 / h.b.min(h.cc);
-                if r_p > thin * thin {
-                    25.0 // pericardium
-                } else {
-                    fat
-                }
+                // Epicardial fat (the thin pericardium itself is not resolved at low dose).
+                fat
             } else {
                 // Left-ventricular cavity: blood a little below the myocardium.
                 let lv = ((l[0] - 0.15 * h.a) / (0.55 * h.a)).powi(2)
