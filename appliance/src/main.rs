@@ -4,7 +4,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cacd", version, about = "Coronary artery calcium scoring appliance")]
+#[command(
+    name = "cacd",
+    version,
+    about = "Coronary artery calcium scoring appliance"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -15,9 +19,7 @@ enum Command {
     /// The appliance daemon: DICOM in, scores out (flags override the config file).
     Serve(ServeArgs),
     /// Validate a config file; print every problem with its key.
-    CheckConfig {
-        file: std::path::PathBuf,
-    },
+    CheckConfig { file: std::path::PathBuf },
     /// The whole loop on this machine with no set-up: phantom → serve → receiver → summary.
     Demo(cacd::demo::DemoArgs),
     /// Score one study from DICOM files or folders; writes result.json and the DICOM results.
@@ -102,8 +104,8 @@ fn serve(a: ServeArgs) -> Result<()> {
 }
 
 fn check_config(file: &std::path::Path) -> Result<()> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     let cfg = match cacd::config::Config::parse(&text) {
         Ok(c) => c,
         Err(e) => {
@@ -146,7 +148,10 @@ fn main() -> Result<()> {
             if std::env::var_os("CACD_LOG").is_some() {
                 init_logging();
             }
-            cacd::demo::run(a, cacd::daemon::pipeline_config(&cacd::config::Config::default()))
+            cacd::demo::run(
+                a,
+                cacd::daemon::pipeline_config(&cacd::config::Config::default()),
+            )
         }
         Command::Score(args) => {
             init_logging();

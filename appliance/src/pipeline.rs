@@ -259,7 +259,10 @@ pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, Pipe
     std::fs::create_dir_all(dir).map_err(werr(dir))?;
     let mut dicom = Vec::new();
     if let Outcome::Scored(s) = outcome {
-        let mut objects = vec![("sr.dcm", &s.encoded.sr), ("summary.dcm", &s.encoded.summary)];
+        let mut objects = vec![
+            ("sr.dcm", &s.encoded.sr),
+            ("summary.dcm", &s.encoded.summary),
+        ];
         if let Some(seg) = &s.encoded.seg {
             objects.insert(0, ("seg.dcm", seg));
         }

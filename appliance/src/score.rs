@@ -144,7 +144,10 @@ pub fn cac_drs(total: f64, per_vessel: &PerVessel) -> String {
     } else {
         3
     };
-    let n = Vessel::ALL.iter().filter(|v| per_vessel.get(**v) > 0.0).count();
+    let n = Vessel::ALL
+        .iter()
+        .filter(|v| per_vessel.get(**v) > 0.0)
+        .count();
     format!("A{a}/N{n}")
 }
 
@@ -177,8 +180,7 @@ pub fn score(hu: ArrayView3<i16>, mask: ArrayView3<u8>, spacing: [f64; 3]) -> Sc
         .enumerate()
     {
         visited.iter_mut().for_each(|v| *v = false);
-        let is_candidate =
-            |y: usize, x: usize| hu_s[[y, x]] >= HU_THRESHOLD && mask_s[[y, x]] != 0;
+        let is_candidate = |y: usize, x: usize| hu_s[[y, x]] >= HU_THRESHOLD && mask_s[[y, x]] != 0;
         for y0 in 0..rows {
             for x0 in 0..cols {
                 if visited[y0 * cols + x0] || !is_candidate(y0, x0) {
@@ -256,7 +258,10 @@ mod tests {
     use ndarray::Array3;
 
     fn grid(z: usize) -> (Array3<i16>, Array3<u8>) {
-        (Array3::from_elem((z, 20, 20), 40), Array3::zeros((z, 20, 20)))
+        (
+            Array3::from_elem((z, 20, 20), 40),
+            Array3::zeros((z, 20, 20)),
+        )
     }
 
     #[test]
@@ -350,7 +355,12 @@ mod tests {
         assert_eq!(risk_category(100.0), "11-100");
         assert_eq!(risk_category(400.0), "101-400");
         assert_eq!(risk_category(400.5), ">400");
-        let pv = PerVessel { LM: 1.0, LAD: 0.0, LCX: 2.0, RCA: 0.0 };
+        let pv = PerVessel {
+            LM: 1.0,
+            LAD: 0.0,
+            LCX: 2.0,
+            RCA: 0.0,
+        };
         assert_eq!(cac_drs(99.9, &pv), "A1/N2");
         assert_eq!(cac_drs(100.0, &pv), "A2/N2");
         assert_eq!(cac_drs(300.0, &pv), "A3/N2");

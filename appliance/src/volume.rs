@@ -47,7 +47,11 @@ impl Geometry {
 
     /// Fractional voxel index `[z, y, x]` of a patient position.
     pub fn patient_to_index(&self, p: [f64; 3]) -> [f64; 3] {
-        let d = [p[0] - self.origin[0], p[1] - self.origin[1], p[2] - self.origin[2]];
+        let d = [
+            p[0] - self.origin[0],
+            p[1] - self.origin[1],
+            p[2] - self.origin[2],
+        ];
         let dot = |a: [f64; 3]| d[0] * a[0] + d[1] * a[1] + d[2] * a[2];
         [
             dot(self.normal) / self.spacing[0],
@@ -122,6 +126,8 @@ mod tests {
         assert!((p[1] - (-160.0 + 10.5 * 0.7)).abs() < 1e-9);
         assert!((p[2] - (-300.0 + 7.5)).abs() < 1e-9);
         let i = g.patient_to_index(p);
-        assert!((i[0] - 3.0).abs() < 1e-9 && (i[1] - 10.5).abs() < 1e-9 && (i[2] - 200.0).abs() < 1e-9);
+        assert!(
+            (i[0] - 3.0).abs() < 1e-9 && (i[1] - 10.5).abs() < 1e-9 && (i[2] - 200.0).abs() < 1e-9
+        );
     }
 }

@@ -41,8 +41,14 @@ pub fn parse_shard(s: &str) -> Result<Shard, String> {
     let (i, n) = s
         .split_once('/')
         .ok_or_else(|| format!("shard {s:?}: expected I/N, e.g. 0/4"))?;
-    let index: u64 = i.trim().parse().map_err(|_| format!("shard index {i:?} is not a number"))?;
-    let count: u64 = n.trim().parse().map_err(|_| format!("shard count {n:?} is not a number"))?;
+    let index: u64 = i
+        .trim()
+        .parse()
+        .map_err(|_| format!("shard index {i:?} is not a number"))?;
+    let count: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("shard count {n:?} is not a number"))?;
     if count == 0 || index >= count {
         return Err(format!("shard {s:?}: need 0 <= I < N"));
     }
@@ -104,7 +110,10 @@ pub fn run(args: BatchArgs) -> Result<()> {
         bail!("{} is not a folder", args.root.display());
     }
     let all = find_studies(&args.root)?;
-    let mine: Vec<_> = all.into_iter().filter(|(uid, _)| args.shard.owns(uid)).collect();
+    let mine: Vec<_> = all
+        .into_iter()
+        .filter(|(uid, _)| args.shard.owns(uid))
+        .collect();
     let cfg = args.engine.pipeline_config();
     let pipeline = Pipeline::load(&cfg).context("loading the models")?;
     std::fs::create_dir_all(&args.out)
@@ -206,7 +215,9 @@ mod tests {
 
     #[test]
     fn shards_are_disjoint_and_cover_everything() {
-        let uids: Vec<String> = (0..500).map(|i| format!("1.2.826.0.1.3680043.{i}")).collect();
+        let uids: Vec<String> = (0..500)
+            .map(|i| format!("1.2.826.0.1.3680043.{i}"))
+            .collect();
         for n in 1..=7u64 {
             for uid in &uids {
                 let owners = (0..n)
@@ -216,7 +227,10 @@ mod tests {
             }
         }
         // And the split is not degenerate.
-        let s0 = uids.iter().filter(|u| Shard { index: 0, count: 4 }.owns(u)).count();
+        let s0 = uids
+            .iter()
+            .filter(|u| Shard { index: 0, count: 4 }.owns(u))
+            .count();
         assert!((80..170).contains(&s0), "shard 0 of 4 got {s0} of 500");
     }
 

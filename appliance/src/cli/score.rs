@@ -67,7 +67,15 @@ pub fn summary(r: &ResultJson) -> String {
         let t = &r.timings_ms;
         s += &format!(
             "  model {} {} ({}, {})  ms: assemble {} preprocess {} infer {} score {} encode {}\n",
-            m.name, m.version, m.precision, m.engine, t.assemble, t.preprocess, t.infer, t.score, t.encode
+            m.name,
+            m.version,
+            m.precision,
+            m.engine,
+            t.assemble,
+            t.preprocess,
+            t.infer,
+            t.score,
+            t.encode
         );
     }
     for w in &r.quality.warnings {

@@ -407,11 +407,9 @@ where
         };
         let Some(mut inc) = slot.take() else { return };
         let chunk = std::mem::take(buf);
-        let done = tokio::task::spawn_blocking(move || {
-            match inc.write(&chunk) {
-                Ok(()) => Ok(inc),
-                Err(e) => Err((e, inc)),
-            }
+        let done = tokio::task::spawn_blocking(move || match inc.write(&chunk) {
+            Ok(()) => Ok(inc),
+            Err(e) => Err((e, inc)),
         })
         .await;
         match done {
