@@ -355,3 +355,67 @@ fn dump_pngs() {
         img.save(out.join(format!("s{seed}_coronal.png"))).unwrap();
     }
 }
+
+#[test]
+fn cli_writes_a_study_and_truth() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    phantom::run(phantom::PhantomArgs {
+        out: out.clone(),
+        seed: 9,
+        burden: Burden::Low,
+        thickness: Some(3.0),
+        slices: Some(5),
+        transfer_syntax: Some(TransferSyntaxChoice::Deflate),
+        signed: false,
+        unsigned: true,
+        no_localizer: true,
+    })
+    .unwrap();
+    let dcm = std::fs::read_dir(&out)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("IM_")
+        })
+        .count();
+    assert_eq!(dcm, 5);
+    let truth: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("truth.json")).unwrap()).unwrap();
+    assert_eq!(truth["phantom"]["transfer_syntax"], "deflate");
+    assert_eq!(truth["phantom"]["signed"], false);
+    assert!(truth["risk_category"].is_string() && truth["cac_drs"].is_string());
+    // Bad input is refused with a reason, not a panic.
+    let err = phantom::run(phantom::PhantomArgs {
+        out,
+        seed: 1,
+        burden: Burden::None,
+        thickness: Some(0.0),
+        slices: None,
+        transfer_syntax: None,
+        signed: false,
+        unsigned: false,
+        no_localizer: false,
+    });
+    assert!(err.is_err());
+}
+
+/// `cargo test --release -p cacd --test phantom -- --ignored timing --nocapture`
+#[test]
+#[ignore]
+fn timing_512x512x200() {
+    let mut spec = PhantomSpec::new(3, Burden::Moderate);
+    spec.thickness_mm = Some(1.0);
+    spec.slices = Some(200);
+    let t0 = std::time::Instant::now();
+    let p = phantom::generate(&spec);
+    println!(
+        "512x512x{}: {:?} (calibration iterations {})",
+        p.volume.dims().0,
+        t0.elapsed(),
+        p.info.calibration_iterations
+    );
+}

@@ -217,7 +217,7 @@ fn date_from(days: u64) -> (u32, u32, u32) {
     let mut y = 2024u32;
     let mut d = days as u32;
     loop {
-        let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let leap = y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400));
         let len = if leap { 366 } else { 365 };
         if d < len {
             let months = [
@@ -390,7 +390,7 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         patient_name: Some(format!("PHANTOM^{seed}")),
         patient_id: Some(format!("PH{seed:08}")),
         patient_birth_date: Some(format!("{:04}0101", y - 45 - (seed % 35) as u32)),
-        patient_sex: Some(if seed % 2 == 0 { "M" } else { "F" }.into()),
+        patient_sex: Some(if seed.is_multiple_of(2) { "M" } else { "F" }.into()),
         study_date: Some(date),
         study_time: Some(time),
         study_id: Some(format!("{}", seed % 100_000)),
