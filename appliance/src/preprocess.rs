@@ -63,7 +63,8 @@ impl GridSpec {
         if spec.spacing.iter().any(|&s| !(s > 0.0 && s.is_finite()))
             || spec.shape.iter().any(|&n| n < 2)
             || !(spec.channels == 1 || spec.channels == 4)
-            || !(spec.hu_scale > 0.0)
+            || spec.hu_scale.is_nan()
+            || spec.hu_scale <= 0.0
             || spec.hu_clip[0] >= spec.hu_clip[1]
         {
             return Err(PreprocessError::Grid(format!(
@@ -408,7 +409,7 @@ pub fn fine_to_native_mask(
     let [d, h, w] = grid.spec.shape;
     let k = probs.shape.get(1).copied().unwrap_or(0);
     let expected = vec![1, k, d, h, w];
-    if k < 2 || k > 255 || probs.shape != expected || probs.data.len() != k * d * h * w {
+    if !(2..=255).contains(&k) || probs.shape != expected || probs.data.len() != k * d * h * w {
         return Err(PreprocessError::Shape {
             expected,
             actual: probs.shape.clone(),
@@ -698,8 +699,8 @@ mod tests {
             grid.to_native(1, 9.5),
             grid.to_native(2, 14.5),
         );
-        for a in 0..3 {
-            assert!((hb.centre_mm[a] - want[a]).abs() < 1e-9);
+        for (got, want) in hb.centre_mm.iter().zip(want) {
+            assert!((got - want).abs() < 1e-9);
         }
         assert_eq!(hb.extent_mm, [32.0, 40.0, 40.0]);
         assert!((hb.volume_ml - 8.0 * 10.0 * 10.0 * 64.0 / 1000.0).abs() < 1e-9);
