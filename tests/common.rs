@@ -146,12 +146,22 @@ impl Serve {
         }
     }
 
+    /// Whether the daemon logged `needle`, waiting up to 5 s: its stderr reaches us through a
+    /// reader thread, so a line can arrive after the event the test just caused.
     pub fn log_contains(&self, needle: &str) -> bool {
-        self.log
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|l| l.contains(needle))
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|l| l.contains(needle));
+            if found || Instant::now() >= deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// SIGTERM, then the time it took to exit.
