@@ -88,7 +88,9 @@ pub struct Scored {
     pub encoded: Encoded,
 }
 
-/// What became of one study.
+/// What became of one study. (A rejection is small and a scored study boxed; the size
+/// difference left is a `ResultJson`, not worth another allocation.)
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Scored(Box<Scored>),
     Rejected(ResultJson),
@@ -235,7 +237,7 @@ fn quality_of(volume: &Volume) -> Quality {
             ));
         }
     }
-    if spacing > 3.0 + 1e-6 || spacing < 2.5 - 1e-6 {
+    if !(2.5 - 1e-6..=3.0 + 1e-6).contains(&spacing) {
         warnings.push(format!(
             "slice spacing {spacing:.2} mm differs from the 2.5–3 mm the Agatston reference populations used"
         ));

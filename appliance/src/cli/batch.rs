@@ -154,7 +154,7 @@ fn progress(tty: bool, i: usize, total: usize, done: usize, skipped: usize, reje
     let mut err = std::io::stderr();
     if tty {
         let width = 30;
-        let filled = if total == 0 { width } else { i * width / total };
+        let filled = (i * width).checked_div(total).unwrap_or(width);
         let _ = write!(
             err,
             "\r[{}{}] {i}/{total}  scored {done}  rejected {rejected}  skipped {skipped}",

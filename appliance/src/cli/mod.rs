@@ -45,19 +45,21 @@ pub enum Precision {
 
 impl EngineArgs {
     pub fn pipeline_config(&self) -> PipelineConfig {
-        let mut cfg = PipelineConfig::default();
-        cfg.engine = match self.engine {
-            EngineChoice::Tract => EngineKind::Tract,
-            EngineChoice::Onnxruntime => EngineKind::OnnxRuntime,
-        };
-        cfg.precision = match self.precision {
-            Precision::Int8 => "int8".into(),
-            Precision::Fp32 => "fp32".into(),
+        let mut cfg = PipelineConfig {
+            engine: match self.engine {
+                EngineChoice::Tract => EngineKind::Tract,
+                EngineChoice::Onnxruntime => EngineKind::OnnxRuntime,
+            },
+            precision: match self.precision {
+                Precision::Int8 => "int8".into(),
+                Precision::Fp32 => "fp32".into(),
+            },
+            ort_dylib: self.ort_dylib.clone(),
+            ..PipelineConfig::default()
         };
         if let Some(dir) = &self.model_dir {
             cfg.model_dir = dir.clone();
         }
-        cfg.ort_dylib = self.ort_dylib.clone();
         if let Some(t) = self.threads {
             cfg.threads = t;
         }
