@@ -419,10 +419,7 @@ mod tests {
         assert_eq!(path, dir.path().join("studies/1.2.3/1.2.3.4/1.2.3.4.5.dcm"));
         let obj = dicom_object::open_file(&path).unwrap();
         assert_eq!(obj.meta().media_storage_sop_instance_uid(), "1.2.3.4.5");
-        assert_eq!(
-            list_instances(&path.parent().unwrap().to_path_buf()),
-            vec![path]
-        );
+        assert_eq!(list_instances(path.parent().unwrap()), vec![path]);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 

@@ -409,14 +409,15 @@ where
         let chunk = std::mem::take(buf);
         let done = tokio::task::spawn_blocking(move || match inc.write(&chunk) {
             Ok(()) => Ok(inc),
-            Err(e) => Err((e, inc)),
+            // Boxed: the half-written instance is large and this is the rare path.
+            Err(e) => Err((e, Box::new(inc))),
         })
         .await;
         match done {
             Ok(Ok(inc)) => *slot = Some(inc),
             Ok(Err((e, inc))) => {
                 warn!(instance = %store::uid_hash(&cmd.sop_instance_uid), error = %e, "write failed");
-                inc.discard();
+                (*inc).discard();
                 *sink = Sink::Refuse(status::OUT_OF_RESOURCES, "write failed".into());
             }
             Err(_) => *sink = Sink::Refuse(status::OUT_OF_RESOURCES, "write failed".into()),
