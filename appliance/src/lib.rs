@@ -13,6 +13,7 @@ pub mod demo;
 pub mod dimse;
 pub mod encode;
 pub mod forward;
+pub mod fsutil;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;
 pub mod infer;

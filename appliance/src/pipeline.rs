@@ -11,6 +11,7 @@ use cacd_models::{EngineKind, EngineOptions};
 
 use crate::assemble::{self, AssembleError};
 use crate::encode::{self, EncodeInput, EncodeOptions, Encoded};
+pub use crate::fsutil::write_atomic;
 use crate::infer::Segmenter;
 use crate::result::{ModelInfo, Quality, ResultJson, Timings};
 use crate::score::{self, Scores};
@@ -283,21 +284,4 @@ pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, Pipe
         .map_err(|e| werr(dir)(std::io::Error::other(e)))?;
     write_atomic(&dir.join("result.json"), &json).map_err(werr(&dir.join("result.json")))?;
     Ok(dicom)
-}
-
-/// temp name → fsync → rename → fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("out")
-    ));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }

@@ -15,7 +15,6 @@ pub mod seg;
 pub mod sr;
 pub mod summary;
 
-use std::io::Write;
 use std::path::Path;
 
 use dicom_core::value::{DataSetSequence, PrimitiveValue};
@@ -139,25 +138,7 @@ pub fn write_dicom(obj: &DefaultDicomObject, path: &Path) -> Result<(), EncodeEr
     let mut bytes = Vec::new();
     obj.write_all(&mut bytes)
         .map_err(|e| EncodeError::Write(e.to_string()))?;
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| EncodeError::InvalidInput(format!("{} has no file name", path.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(file_name);
-    tmp_name.push(".tmp");
-    let tmp = path.with_file_name(tmp_name);
-    {
-        let mut f = std::fs::File::create(&tmp).map_err(io_err)?;
-        f.write_all(&bytes).map_err(io_err)?;
-        f.sync_all().map_err(io_err)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err)?;
-    // Make the rename itself durable.
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
+    crate::fsutil::write_atomic(path, &bytes).map_err(io_err)?;
     Ok(())
 }
 
