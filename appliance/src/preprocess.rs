@@ -406,15 +406,8 @@ pub fn fine_to_native_mask(
     grid: &FineGrid,
     vol: &Volume,
 ) -> Result<Array3<u8>, PreprocessError> {
+    let k = check_probs(probs, grid)?;
     let [d, h, w] = grid.spec.shape;
-    let k = probs.shape.get(1).copied().unwrap_or(0);
-    let expected = vec![1, k, d, h, w];
-    if !(2..=255).contains(&k) || probs.shape != expected || probs.data.len() != k * d * h * w {
-        return Err(PreprocessError::Shape {
-            expected,
-            actual: probs.shape.clone(),
-        });
-    }
     let (nd, nh, nw) = vol.dims();
     let mut mask = Array3::<u8>::zeros((nd, nh, nw));
     // Native index range covered by the crop along each axis (the crop's outer voxel centres).
@@ -482,6 +475,21 @@ pub fn fine_to_native_mask(
         }
     }
     Ok(mask)
+}
+
+/// Checks the segmenter's output `[1, K, D, H, W]` against the fine grid (2 ≤ K ≤ 255) and
+/// returns K. Shared by the CPU and GPU mappings back to the native grid.
+pub fn check_probs(probs: &Tensor, grid: &FineGrid) -> Result<usize, PreprocessError> {
+    let [d, h, w] = grid.spec.shape;
+    let k = probs.shape.get(1).copied().unwrap_or(0);
+    let expected = vec![1, k, d, h, w];
+    if !(2..=255).contains(&k) || probs.shape != expected || probs.data.len() != k * d * h * w {
+        return Err(PreprocessError::Shape {
+            expected,
+            actual: probs.shape.clone(),
+        });
+    }
+    Ok(k)
 }
 
 #[cfg(test)]

@@ -768,16 +768,7 @@ impl GpuPreprocessor {
     /// Queues upload of the segmenter's output `[1, K, D, H, W]` (checked against `grid` as
     /// the CPU does) through pinned staging; returns K. Does not wait.
     pub fn upload_probs(&mut self, probs: &Tensor, grid: &FineGrid) -> Result<usize, GpuError> {
-        let [d, h, w] = grid.spec.shape;
-        let k = probs.shape.get(1).copied().unwrap_or(0);
-        let expected = vec![1, k, d, h, w];
-        if !(2..=255).contains(&k) || probs.shape != expected || probs.data.len() != k * d * h * w {
-            return Err(PreprocessError::Shape {
-                expected,
-                actual: probs.shape.clone(),
-            }
-            .into());
-        }
+        let k = crate::preprocess::check_probs(probs, grid)?;
         let n = probs.data.len();
         let (ctx, stream, pool) = (&self.ctx, &self.stream, &mut self.pool);
         guarded("probability upload", || {
