@@ -9,6 +9,8 @@
 //! * The SEG's bits are also unpacked here, independently of Python.
 //! * UIDs are deterministic and keyed on the result version.
 //! * The summary image is written as a PNG for a person to look at.
+//! * DCMTK renders them: `dsrdump` prints the SR with cacd's Agatston values, `dcmj2pnm`
+//!   decodes the summary to exactly cacd's image.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -672,5 +674,126 @@ fn summary_image_shows_outlines_in_vessel_colours_and_is_saved_as_png() {
             .to_bytes()
             .unwrap();
         assert_eq!(&*data, img.as_raw().as_slice());
+    }
+}
+
+/// The Agatston values DCMTK's `dsrdump` prints, keyed by the measurement group's Tracking
+/// Identifier ("LAD calcium", …, "Coronary calcium, all arteries").
+fn dsrdump_agatston(text: &str) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    let mut group = String::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if let Some(rest) =
+            line.strip_prefix("<has obs context TEXT:(,,\"Tracking Identifier\")=\"")
+        {
+            group = rest.trim_end_matches("\">").to_string();
+        } else if let Some(rest) =
+            line.strip_prefix("<contains NUM:(,,\"Coronary artery calcium score\")=\"")
+        {
+            let value = rest.split('"').next().unwrap_or_default();
+            let v: f64 = value
+                .parse()
+                .unwrap_or_else(|_| panic!("dsrdump printed a non-number {value:?}"));
+            out.insert(group.clone(), v);
+        }
+    }
+    out
+}
+
+/// DCMTK renders our objects: `dsrdump` reads the SR's content tree (and prints the same
+/// Agatston values as cacd computed), `dcmj2pnm` decodes the summary to exactly the image cacd
+/// rendered (and that image is not blank).
+#[test]
+fn dcmtk_renders_the_sr_and_the_summary() {
+    let (dsrdump, dcmj2pnm) = (
+        Path::new("/usr/bin/dsrdump"),
+        Path::new("/usr/bin/dcmj2pnm"),
+    );
+    if !dsrdump.exists() || !dcmj2pnm.exists() {
+        println!("SKIP: DCMTK not installed (scripts/install-test-deps installs dcmtk)");
+        return;
+    }
+    let warnings = vec!["Tube voltage 100 kVp: Agatston weights assume 120 kVp".to_string()];
+    for (name, case) in [
+        ("phantom-moderate", phantom_case(7, Burden::Moderate)),
+        ("phantom-none", phantom_case(8, Burden::None)),
+    ] {
+        let enc = encode_case(&case, 1, &warnings);
+        let dir = out_dir(&format!("dcmtk-{name}"));
+        write_all(&enc, &dir);
+
+        let out = Command::new(dsrdump)
+            .arg(dir.join("sr.dcm"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{name}: dsrdump failed:\n{text}");
+        assert!(
+            text.starts_with("Comprehensive SR Document"),
+            "{name}:\n{text}"
+        );
+        let values = dsrdump_agatston(&text);
+        let total = values
+            .get("Coronary calcium, all arteries")
+            .unwrap_or_else(|| panic!("{name}: no total in dsrdump output:\n{text}"));
+        assert!(
+            (total - case.scores.agatston_total).abs() < 1e-3,
+            "{name}: total {total}"
+        );
+        for v in Vessel::ALL {
+            let key = format!("{} calcium", v.name());
+            let got = values
+                .get(&key)
+                .unwrap_or_else(|| panic!("{name}: no {key} in dsrdump output:\n{text}"));
+            let want = case.scores.per_vessel.get(v);
+            assert!((got - want).abs() < 1e-3, "{name}: {key} {got} vs {want}");
+        }
+        assert!(
+            text.contains(&format!(
+                "<contains TEXT:(,,\"Agatston risk category\")=\"{}\">",
+                case.scores.risk_category
+            )),
+            "{name}: risk category missing:\n{text}"
+        );
+
+        let png = dir.join("summary-dcmj2pnm.png");
+        let _ = std::fs::remove_file(&png);
+        let out = Command::new(dcmj2pnm)
+            .arg("+on")
+            .arg(dir.join("summary.dcm"))
+            .arg(&png)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: dcmj2pnm failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = image::open(&png).unwrap().to_rgb8();
+        assert_eq!(
+            (rendered.width(), rendered.height()),
+            (encode::summary::WIDTH, encode::summary::HEIGHT),
+            "{name}: size"
+        );
+        let distinct: std::collections::HashSet<[u8; 3]> = rendered.pixels().map(|p| p.0).collect();
+        assert!(
+            distinct.len() > 16,
+            "{name}: only {} colours",
+            distinct.len()
+        );
+        let ours = encode::summary::render(&EncodeInput {
+            volume: &case.volume,
+            scores: &case.scores,
+            model: &model(),
+            result_version: 1,
+            warnings: &warnings,
+            options: &EncodeOptions::default(),
+        })
+        .unwrap();
+        assert!(
+            rendered.as_raw() == ours.as_raw(),
+            "{name}: DCMTK's rendering differs from cacd's image"
+        );
     }
 }
