@@ -9,24 +9,35 @@
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use dicom_dictionary_std::tags;
 use sha2::{Digest, Sha256};
 
-use super::EngineArgs;
+use super::{dashboard, EngineArgs};
 use crate::pipeline::{self, Outcome, Pipeline};
 
 #[derive(Debug, clap::Args)]
 pub struct BatchArgs {
-    /// Folder searched recursively for DICOM files.
-    pub root: PathBuf,
-    /// Output folder: one sub-folder per study, plus summary-<I>-of-<N>.csv.
+    /// Folder searched recursively for DICOM files (not needed with --index-only).
+    #[arg(required_unless_present = "index_only")]
+    pub root: Option<PathBuf>,
+    /// Output folder: one sub-folder per study, summary-<I>-of-<N>.csv for this shard, and
+    /// index.html + summary.csv over every study in it (all shards).
     #[arg(long)]
     pub out: PathBuf,
     /// This worker's share, I/N with 0 ≤ I < N (default 0/1: everything).
     #[arg(long, default_value = "0/1", value_parser = parse_shard)]
     pub shard: Shard,
+    /// Print this shard's studies (output folder name, StudyInstanceUID, file count) and exit
+    /// without scoring.
+    #[arg(long, conflicts_with = "index_only")]
+    pub list: bool,
+    /// Only rebuild index.html, summary.csv and missing thumbnails from the results in --out
+    /// (e.g. once every shard has finished).
+    #[arg(long)]
+    pub index_only: bool,
     #[command(flatten)]
     pub engine: EngineArgs,
 }
@@ -106,67 +117,159 @@ pub fn find_studies(root: &Path) -> Result<BTreeMap<String, Vec<PathBuf>>> {
 }
 
 pub fn run(args: BatchArgs) -> Result<()> {
-    if !args.root.is_dir() {
-        bail!("{} is not a folder", args.root.display());
+    if args.index_only {
+        return write_dashboard(&args.out);
     }
-    let all = find_studies(&args.root)?;
+    let Some(root) = &args.root else {
+        bail!("ROOT is required unless --index-only is given");
+    };
+    if !root.is_dir() {
+        bail!("{} is not a folder", root.display());
+    }
+    let all = find_studies(root)?;
     let mine: Vec<_> = all
         .into_iter()
         .filter(|(uid, _)| args.shard.owns(uid))
         .collect();
+    if args.list {
+        let mut out = std::io::stdout().lock();
+        for (uid, files) in &mine {
+            writeln!(out, "{} {uid} {}", study_dir_name(uid), files.len())?;
+        }
+        return Ok(());
+    }
     let cfg = args.engine.pipeline_config();
     let pipeline = Pipeline::load(&cfg).context("loading the models")?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
 
-    let tty = std::io::stderr().is_terminal();
-    let total = mine.len();
-    let (mut done, mut skipped, mut rejected) = (0usize, 0usize, 0usize);
-    for (i, (uid, files)) in mine.iter().enumerate() {
+    let mut progress = Progress::new(mine.len());
+    for (uid, files) in &mine {
         let dir = args.out.join(study_dir_name(uid));
         if dir.join("result.json").is_file() {
-            skipped += 1;
+            progress.skipped += 1;
         } else {
             let outcome = pipeline.score(files, 1);
             pipeline::write_outcome(&outcome, &dir)
                 .with_context(|| format!("writing {}", dir.display()))?;
             match outcome {
-                Outcome::Scored(_) => done += 1,
-                Outcome::Rejected(_) => rejected += 1,
+                Outcome::Scored(_) => progress.scored += 1,
+                Outcome::Rejected(_) => progress.rejected += 1,
+            }
+            // The thumbnail is for the dashboard only: a failure is reported, not fatal
+            // (write_index retries it).
+            if let Err(e) = dashboard::ensure_thumbnail(&dir) {
+                tracing::warn!("thumbnail: {e}");
             }
         }
-        progress(tty, i + 1, total, done, skipped, rejected);
+        progress.step();
     }
-    if tty {
-        eprintln!();
-    }
+    progress.finish();
     let csv = write_summary_csv(&args.out, &mine, args.shard)?;
     println!(
-        "shard {}/{}: {total} studies ({done} scored, {rejected} rejected, {skipped} already done); summary {}",
+        "shard {}/{}: {} studies ({} scored, {} rejected, {} already done); summary {}",
         args.shard.index,
         args.shard.count,
+        mine.len(),
+        progress.scored,
+        progress.rejected,
+        progress.skipped,
         csv.display()
+    );
+    write_dashboard(&args.out)
+}
+
+/// index.html + summary.csv over every study in `out` (every shard's).
+fn write_dashboard(out: &Path) -> Result<()> {
+    if !out.is_dir() {
+        bail!("{} is not a folder", out.display());
+    }
+    let s = dashboard::write_index(out)
+        .with_context(|| format!("writing the dashboard in {}", out.display()))?;
+    for p in &s.problems {
+        tracing::warn!("dashboard: {p}");
+    }
+    println!(
+        "dashboard: {} studies in {} (all shards so far); {}",
+        s.studies,
+        s.index.display(),
+        s.csv.display()
     );
     Ok(())
 }
 
-fn progress(tty: bool, i: usize, total: usize, done: usize, skipped: usize, rejected: usize) {
-    let mut err = std::io::stderr();
-    if tty {
-        let width = 30;
-        let filled = (i * width).checked_div(total).unwrap_or(width);
-        let _ = write!(
-            err,
-            "\r[{}{}] {i}/{total}  scored {done}  rejected {rejected}  skipped {skipped}",
-            "#".repeat(filled),
-            " ".repeat(width - filled)
-        );
-        let _ = err.flush();
-    } else {
-        let _ = writeln!(
-            err,
-            "progress {i}/{total} scored {done} rejected {rejected} skipped {skipped}"
-        );
+/// A progress bar on a terminal (redrawn in place), plain lines otherwise (logs, CI, kubectl
+/// logs). Written by hand: a dozen lines, not worth a dependency.
+struct Progress {
+    total: usize,
+    i: usize,
+    scored: usize,
+    rejected: usize,
+    skipped: usize,
+    tty: bool,
+    start: Instant,
+}
+
+impl Progress {
+    fn new(total: usize) -> Self {
+        Progress {
+            total,
+            i: 0,
+            scored: 0,
+            rejected: 0,
+            skipped: 0,
+            tty: std::io::stderr().is_terminal(),
+            start: Instant::now(),
+        }
+    }
+
+    /// Seconds left, from the pace of the studies actually scored (skipped ones are free).
+    fn eta_s(&self) -> Option<u64> {
+        let worked = self.scored + self.rejected;
+        if worked == 0 {
+            return None;
+        }
+        let per = self.start.elapsed().as_secs_f64() / worked as f64;
+        Some((per * (self.total - self.i) as f64).round() as u64)
+    }
+
+    fn step(&mut self) {
+        self.i += 1;
+        let eta = self
+            .eta_s()
+            .map(|s| format!("{}:{:02}", s / 60, s % 60))
+            .unwrap_or_else(|| "?".into());
+        let (i, total) = (self.i, self.total);
+        let mut err = std::io::stderr();
+        if self.tty {
+            let width = 30;
+            let filled = (i * width).checked_div(total).unwrap_or(width);
+            let _ = write!(
+                err,
+                "\r[{}{}] {i}/{total}  scored {}  rejected {}  skipped {}  eta {eta}  ",
+                "#".repeat(filled),
+                " ".repeat(width - filled),
+                self.scored,
+                self.rejected,
+                self.skipped,
+            );
+            let _ = err.flush();
+        } else {
+            let _ = writeln!(
+                err,
+                "progress {i}/{total} scored {} rejected {} skipped {} elapsed {}s eta {eta}",
+                self.scored,
+                self.rejected,
+                self.skipped,
+                self.start.elapsed().as_secs(),
+            );
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty && self.total > 0 {
+            eprintln!();
+        }
     }
 }
 
@@ -177,9 +280,7 @@ fn write_summary_csv(
     studies: &[(String, Vec<PathBuf>)],
     shard: Shard,
 ) -> Result<PathBuf> {
-    let mut csv = String::from(
-        "study,status,agatston_total,volume_mm3,LM,LAD,LCX,RCA,risk_category,cac_drs,reason\n",
-    );
+    let mut csv = String::from(dashboard::CSV_HEADER);
     for (uid, _) in studies {
         let name = study_dir_name(uid);
         let path = out.join(&name).join("result.json");
@@ -188,20 +289,7 @@ fn write_summary_csv(
         };
         let r: crate::result::ResultJson = serde_json::from_slice(&bytes)
             .with_context(|| format!("reading {}", path.display()))?;
-        let pv = r.per_vessel.unwrap_or_default();
-        let reason = r.reason.unwrap_or_default().replace(['"', '\n'], " ");
-        csv += &format!(
-            "{name},{},{},{},{},{},{},{},{},{},\"{reason}\"\n",
-            r.status,
-            r.agatston_total.map(|v| v.to_string()).unwrap_or_default(),
-            r.volume_mm3.map(|v| v.to_string()).unwrap_or_default(),
-            pv.LM,
-            pv.LAD,
-            pv.LCX,
-            pv.RCA,
-            r.risk_category.unwrap_or_default(),
-            r.cac_drs.unwrap_or_default(),
-        );
+        csv += &dashboard::csv_row(&name, &r);
     }
     let path = out.join(format!("summary-{}-of-{}.csv", shard.index, shard.count));
     pipeline::write_atomic(&path, csv.as_bytes())

@@ -2,6 +2,7 @@
 //! stages, report with context.
 
 pub mod batch;
+pub mod dashboard;
 pub mod score;
 
 use std::path::PathBuf;
@@ -13,8 +14,9 @@ use crate::pipeline::PipelineConfig;
 /// Which engine and model precision to run (shared by every command that scores).
 #[derive(Debug, Clone, clap::Args)]
 pub struct EngineArgs {
-    /// Inference engine: tract (pure Rust, default) or onnxruntime (needs the
-    /// `onnxruntime` build feature and libonnxruntime).
+    /// Inference engine: tract (pure Rust, default), onnxruntime (CPU; needs the
+    /// `onnxruntime` build feature and libonnxruntime) or tensorrt (TensorRT, then CUDA,
+    /// then CPU; needs the `tensorrt` build feature).
     #[arg(long, value_enum, default_value_t = EngineChoice::Tract)]
     pub engine: EngineChoice,
     /// Model precision.
@@ -29,12 +31,16 @@ pub struct EngineArgs {
     /// Inference threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// tensorrt: folder for TensorRT engine and timing caches (none: rebuilt every run).
+    #[arg(long)]
+    pub trt_cache: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineChoice {
     Tract,
     Onnxruntime,
+    Tensorrt,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -49,6 +55,7 @@ impl EngineArgs {
             engine: match self.engine {
                 EngineChoice::Tract => EngineKind::Tract,
                 EngineChoice::Onnxruntime => EngineKind::OnnxRuntime,
+                EngineChoice::Tensorrt => EngineKind::TensorRt,
             },
             precision: match self.precision {
                 Precision::Int8 => "int8".into(),
@@ -60,6 +67,7 @@ impl EngineArgs {
         if let Some(dir) = &self.model_dir {
             cfg.model_dir = dir.clone();
         }
+        cfg.gpu.trt_cache_dir = self.trt_cache.clone();
         if let Some(t) = self.threads {
             cfg.threads = t;
         }
