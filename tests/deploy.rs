@@ -1,7 +1,7 @@
 //! The systemd files in deploy/systemd as systemd itself reads them: `systemd-analyze verify`
-//! of the real unit (no error, no warning) in a root where ExecStart is the built binary, its
-//! `systemd-analyze security` exposure as recorded in deploy/README.md, and the sysusers.d
-//! snippet applied by `systemd-sysusers`.
+//! of the real units (cacd.service, var-lib-cacd.mount; no error, no warning) in a root where
+//! ExecStart is the built binary, the `systemd-analyze security` exposure as recorded in
+//! deploy/README.md, and the sysusers.d snippet applied by `systemd-sysusers`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +47,11 @@ fn verify_root(unit: &str) -> tempfile::TempDir {
         std::fs::copy(&bin, &dest).unwrap();
     }
     std::fs::write(r.join("etc/systemd/system/cacd.service"), unit).unwrap();
+    std::fs::copy(
+        repo().join("deploy/systemd/var-lib-cacd.mount"),
+        r.join("etc/systemd/system/var-lib-cacd.mount"),
+    )
+    .unwrap();
     root
 }
 
@@ -56,7 +61,7 @@ fn verify(unit: &str) -> (bool, String) {
     let out = run(Command::new("systemd-analyze")
         .arg("verify")
         .arg(format!("--root={}", root.path().display()))
-        .arg("cacd.service"));
+        .args(["cacd.service", "var-lib-cacd.mount"]));
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
