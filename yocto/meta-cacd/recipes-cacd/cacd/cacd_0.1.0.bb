@@ -67,6 +67,11 @@ do_install() {
     # Site configuration: root-owned, readable by the service's group only.
     install -d ${D}${sysconfdir}/cacd
     install -m 0640 -g cacd ${WORKDIR}/cacd.toml ${D}${sysconfdir}/cacd/cacd.toml
+    if ${@bb.utils.contains('PACKAGECONFIG', 'tensorrt', 'true', 'false', d)}; then
+        sed -i -e 's|^# engine = "tensorrt"$|engine = "tensorrt"|' \
+               -e 's|^# ort_dylib = "/usr/lib/libonnxruntime.so"$|ort_dylib = "${libdir}/libonnxruntime.so"|' \
+               ${D}${sysconfdir}/cacd/cacd.toml
+    fi
 
     install -d ${D}${systemd_system_unitdir}
     install -m 0644 ${S}/deploy/systemd/cacd.service ${D}${systemd_system_unitdir}/
