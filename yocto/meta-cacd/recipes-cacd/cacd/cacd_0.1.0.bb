@@ -69,7 +69,7 @@ do_install() {
     install -m 0640 -g cacd ${WORKDIR}/cacd.toml ${D}${sysconfdir}/cacd/cacd.toml
     if ${@bb.utils.contains('PACKAGECONFIG', 'tensorrt', 'true', 'false', d)}; then
         sed -i -e 's|^# engine = "tensorrt"$|engine = "tensorrt"|' \
-               -e 's|^# ort_dylib = "/usr/lib/libonnxruntime.so"$|ort_dylib = "${libdir}/libonnxruntime.so"|' \
+               -e 's|^# ort_dylib = ".*"$|ort_dylib = "${libdir}/libonnxruntime.so"|' \
                ${D}${sysconfdir}/cacd/cacd.toml
     fi
 
