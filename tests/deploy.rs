@@ -396,8 +396,8 @@ fn dockerfiles_are_multi_stage_non_root_with_health_check() {
         assert!(froms >= 2, "{name}: {froms} stages");
         let user = text
             .lines()
-            .filter_map(|l| l.strip_prefix("USER "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("USER "))
             .unwrap_or_else(|| panic!("{name}: no USER"));
         let uid: u32 = user
             .split(':')
