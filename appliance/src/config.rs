@@ -110,12 +110,17 @@ pub struct HousekeepingConfig {
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineSection {
-    /// `tract` or `onnxruntime`.
+    /// `tract`, `onnxruntime` or `tensorrt` (TensorRT engine caches go under
+    /// `<data_dir>/trt-cache`).
     pub engine: Option<String>,
     pub precision: Option<String>,
     pub model_dir: Option<PathBuf>,
     pub ort_dylib: Option<PathBuf>,
     pub threads: Option<usize>,
+    /// `tensorrt`: the CUDA device (default 0).
+    pub gpu_device: Option<i32>,
+    /// `tensorrt`: let TensorRT run float layers at half precision (default true).
+    pub fp16: Option<bool>,
 }
 
 /// A sender allowed to store to us: calling AE title and source address (IP or CIDR).
@@ -351,7 +356,7 @@ impl Config {
         if let Some(engine) = &self.pipeline.engine {
             if parse_engine(engine).is_none() {
                 p.push(format!(
-                    "pipeline.engine: `{engine}` is not one of tract, onnxruntime"
+                    "pipeline.engine: `{engine}` is not one of tract, onnxruntime, tensorrt"
                 ));
             }
         }
@@ -424,6 +429,7 @@ pub fn parse_engine(s: &str) -> Option<cacd_models::EngineKind> {
     match s {
         "tract" | "tract-cpu" => Some(cacd_models::EngineKind::Tract),
         "onnxruntime" | "ort" | "ort-cpu" => Some(cacd_models::EngineKind::OnnxRuntime),
+        "tensorrt" | "ort-tensorrt" => Some(cacd_models::EngineKind::TensorRt),
         _ => None,
     }
 }

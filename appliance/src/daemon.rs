@@ -414,6 +414,14 @@ pub fn prune(queue: &Queue, store: &Store, retention: Duration) -> Result<usize,
 pub fn pipeline_config(cfg: &Config) -> pipeline::PipelineConfig {
     let mut p = pipeline::PipelineConfig::default();
     let s = &cfg.pipeline;
+    // TensorRT engines take minutes to build on a Jetson: cache them on the data partition.
+    p.gpu.trt_cache_dir = Some(cfg.data_dir.join("trt-cache"));
+    if let Some(id) = s.gpu_device {
+        p.gpu.device_id = id;
+    }
+    if let Some(fp16) = s.fp16 {
+        p.gpu.fp16 = fp16;
+    }
     if let Some(kind) = s.engine.as_deref().and_then(crate::config::parse_engine) {
         p.engine = kind;
     }

@@ -28,6 +28,8 @@ pub struct PipelineConfig {
     /// libonnxruntime for the `onnxruntime` engine (else `ORT_DYLIB_PATH`).
     pub ort_dylib: Option<PathBuf>,
     pub threads: usize,
+    /// GPU settings of the `tensorrt` engine.
+    pub gpu: cacd_models::GpuOptions,
     pub encode: EncodeOptions,
 }
 
@@ -41,6 +43,7 @@ impl Default for PipelineConfig {
             threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            gpu: cacd_models::GpuOptions::default(),
             encode: EncodeOptions::default(),
         }
     }
@@ -122,6 +125,7 @@ impl Pipeline {
         let opts = EngineOptions {
             threads: cfg.threads.max(1),
             ort_dylib: cfg.ort_dylib.clone(),
+            gpu: cfg.gpu.clone(),
         };
         let segmenter = Segmenter::load(&cfg.model_dir, &cfg.precision, cfg.engine, &opts)
             .map_err(|source| PipelineError::Models {

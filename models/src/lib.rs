@@ -3,9 +3,12 @@
 //! The public surface other crates rely on is fixed here: [`Tensor`], [`Engine`],
 //! [`manifest::Manifest`] / [`manifest::ModelEntry`], [`EngineKind`] and [`load_engine`].
 
+#[cfg(feature = "tensorrt")]
+pub mod gpu_info;
 pub mod manifest;
 #[cfg(feature = "onnxruntime")]
 pub mod ort_engine;
+pub mod providers;
 pub mod tract_engine;
 
 use std::path::{Path, PathBuf};
@@ -26,6 +29,9 @@ pub enum EngineKind {
     Tract,
     /// ONNX Runtime through `ort` (feature `onnxruntime`), CPU provider.
     OnnxRuntime,
+    /// ONNX Runtime with TensorRT, then CUDA, then CPU (feature `tensorrt`): the Jetson's
+    /// engine. Falls back, with a log line, to whichever provider registers.
+    TensorRt,
 }
 
 /// Errors of the model layer.
@@ -67,6 +73,30 @@ pub struct EngineOptions {
     /// The ONNX Runtime shared library (`libonnxruntime.so[.<ver>]`, ONNX Runtime >= 1.17).
     /// `None`: `ORT_DYLIB_PATH`; with neither, the ORT engine is `Unavailable`.
     pub ort_dylib: Option<PathBuf>,
+    /// GPU settings of the `TensorRt` engine (ignored by the others).
+    pub gpu: GpuOptions,
+}
+
+/// How the `TensorRt` engine uses the GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuOptions {
+    pub device_id: i32,
+    /// Let TensorRT run layers the model keeps in float at half precision.
+    pub fp16: bool,
+    /// Root of the TensorRT engine and timing caches (on the data partition); one folder per
+    /// model sha256, TensorRT version and GPU name below it. `None`: no cache, engines are
+    /// rebuilt at every start (minutes on a Jetson).
+    pub trt_cache_dir: Option<PathBuf>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions {
+            device_id: 0,
+            fp16: true,
+            trt_cache_dir: None,
+        }
+    }
 }
 
 impl Default for EngineOptions {
@@ -76,6 +106,7 @@ impl Default for EngineOptions {
             ort_dylib: std::env::var_os("ORT_DYLIB_PATH")
                 .filter(|p| !p.is_empty())
                 .map(PathBuf::from),
+            gpu: GpuOptions::default(),
         }
     }
 }
@@ -86,6 +117,8 @@ impl EngineKind {
         match self {
             EngineKind::Tract => tract_engine::ENGINE_NAME,
             EngineKind::OnnxRuntime => "ort-cpu",
+            // What it asks for; the engine reports the provider it got.
+            EngineKind::TensorRt => "ort-tensorrt",
         }
     }
 }
@@ -106,12 +139,21 @@ pub fn load_engine(
         )?)),
         #[cfg(feature = "onnxruntime")]
         EngineKind::OnnxRuntime => Ok(Box::new(ort_engine::OrtEngine::from_verified_bytes(
-            &bytes, entry, &file, opts,
+            &bytes, entry, &file, opts, false,
         )?)),
         #[cfg(not(feature = "onnxruntime"))]
         EngineKind::OnnxRuntime => Err(ModelError::Unavailable(
             "ort-cpu",
             "this build has no ONNX Runtime support (build with feature `onnxruntime`)".into(),
+        )),
+        #[cfg(feature = "tensorrt")]
+        EngineKind::TensorRt => Ok(Box::new(ort_engine::OrtEngine::from_verified_bytes(
+            &bytes, entry, &file, opts, true,
+        )?)),
+        #[cfg(not(feature = "tensorrt"))]
+        EngineKind::TensorRt => Err(ModelError::Unavailable(
+            "ort-tensorrt",
+            "this build has no TensorRT support (build with feature `tensorrt`)".into(),
         )),
     }
 }

@@ -3,6 +3,10 @@
 //!
 //! ort rc.15 (default features, as the workspace pins it) needs ONNX Runtime API 17, i.e.
 //! ONNX Runtime >= 1.17; older libraries are refused with `Unavailable`.
+//!
+//! Two engines share this code: `onnxruntime` (the CPU provider alone, so its figures stay
+//! CPU figures) and, with feature `tensorrt`, the accelerated engine: TensorRT → CUDA → CPU as
+//! [`crate::providers`] plans it, run through an I/O binding.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -12,20 +16,146 @@ use ort::ep::{self, ExecutionProviderDispatch};
 use ort::session::Session;
 use ort::value::TensorRef;
 
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+
+use crate::providers::{Plan, Provider};
 use crate::{check_input, Engine, EngineOptions, ModelEntry, ModelError, Tensor};
 
 const NAME: &str = "ort-cpu";
 
-/// The execution providers a session asks for, best first; ONNX Runtime assigns each node
-/// to the first one that can run it, and CPU runs everything. This is the one place a later
-/// `tensorrt` / `cuda` feature adds `ep::TensorRT` then `ep::CUDA` in front of CPU (and
-/// reports their name instead of "ort-cpu").
-fn execution_providers() -> (Vec<ExecutionProviderDispatch>, &'static str) {
-    // The arena keeps activation buffers between runs: each study reuses the same shapes.
-    (
-        vec![ep::CPU::default().with_arena_allocator(true).build()],
-        NAME,
-    )
+/// The CPU provider, last in every chain. The arena keeps activation buffers between runs:
+/// each study reuses the same shapes.
+fn cpu_provider() -> ExecutionProviderDispatch {
+    ep::CPU::default().with_arena_allocator(true).build()
+}
+
+/// The providers the loaded library was built with (asked per provider cacd can configure).
+#[cfg(feature = "tensorrt")]
+fn available_providers() -> Vec<String> {
+    use ort::ep::ExecutionProvider;
+    let mut out = Vec::new();
+    for (p, available) in [
+        (Provider::TensorRt, ep::TensorRT::is_available()),
+        (Provider::Cuda, ep::CUDA::is_available()),
+        (Provider::Cpu, ep::CPU::is_available()),
+    ] {
+        match available {
+            Ok(true) => out.push(p.ort_name().to_string()),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot ask ONNX Runtime for {}: {e}", p.ort_name()),
+        }
+    }
+    out
+}
+
+/// Without the `tensorrt` feature only the CPU provider is ever planned.
+#[cfg(not(feature = "tensorrt"))]
+fn available_providers() -> Vec<String> {
+    vec![Provider::Cpu.ort_name().to_string()]
+}
+
+/// The configured TensorRT or CUDA provider (their options come from [`EngineOptions`]).
+/// Without the `tensorrt` feature no plan contains them (see [`crate::load_engine`]).
+#[cfg(not(feature = "tensorrt"))]
+fn gpu_provider(
+    _p: Provider,
+    _entry: &ModelEntry,
+    _opts: &EngineOptions,
+) -> Option<ExecutionProviderDispatch> {
+    None
+}
+
+/// The configured TensorRT or CUDA provider (their options come from [`EngineOptions`]).
+#[cfg(feature = "tensorrt")]
+fn gpu_provider(
+    p: Provider,
+    entry: &ModelEntry,
+    opts: &EngineOptions,
+) -> Option<ExecutionProviderDispatch> {
+    match p {
+        Provider::TensorRt => {
+            // int8 comes from the model's Q/DQ nodes (explicit quantisation, no calibration
+            // table); fp16 lets TensorRT run the layers left in float at half precision.
+            let mut trt = ep::TensorRT::default()
+                .with_device_id(opts.gpu.device_id)
+                .with_int8(entry.precision == "int8")
+                .with_fp16(opts.gpu.fp16);
+            if let Some(root) = &opts.gpu.trt_cache_dir {
+                let key = crate::gpu_info::cache_key(&entry.sha256, opts.gpu.device_id);
+                let dir = key.dir(root);
+                match std::fs::create_dir_all(&dir) {
+                    Ok(()) => {
+                        let d = dir.display().to_string();
+                        trt = trt
+                            .with_engine_cache(true)
+                            .with_engine_cache_path(&d)
+                            .with_timing_cache(true)
+                            .with_timing_cache_path(&d);
+                        tracing::info!(cache = %d, "TensorRT engine and timing caches");
+                    }
+                    // Without a cache TensorRT still works; it rebuilds the engine each start.
+                    Err(e) => tracing::warn!(
+                        "TensorRT cache {} cannot be created ({e}); engines are rebuilt at each start",
+                        dir.display()
+                    ),
+                }
+            }
+            Some(trt.build().error_on_failure())
+        }
+        Provider::Cuda => Some(
+            ep::CUDA::default()
+                .with_device_id(opts.gpu.device_id)
+                .build()
+                .error_on_failure(),
+        ),
+        Provider::Cpu => None,
+    }
+}
+
+/// Builds a session on the planned providers. A GPU provider whose registration fails is
+/// dropped from the plan with the reason; if the session still cannot be built with the GPU
+/// providers that registered, it is built again on the CPU alone, so a broken GPU set-up
+/// degrades to the CPU engine instead of stopping the appliance.
+fn build_session(
+    env: &Environment,
+    bytes: &[u8],
+    entry: &ModelEntry,
+    opts: &EngineOptions,
+    plan: &mut Plan,
+) -> Result<Session, String> {
+    let base = || -> Result<ort::session::builder::SessionBuilder, String> {
+        Session::builder(env)
+            .map_err(|e| e.to_string())?
+            .with_intra_threads(opts.threads.max(1))
+            .map_err(|e| e.to_string())
+    };
+    let mut builder = base()?;
+    for p in plan.chain.clone() {
+        if let Some(provider) = gpu_provider(p, entry, opts) {
+            if let Err(e) = provider.register(&mut builder) {
+                plan.registration_failed(p, e.to_string());
+            }
+        }
+    }
+    cpu_provider()
+        .register(&mut builder)
+        .map_err(|e| e.to_string())?;
+    match builder.commit_from_memory(bytes) {
+        Ok(s) => Ok(s),
+        Err(e) if plan.primary() != Provider::Cpu => {
+            for p in plan.chain.clone() {
+                if p != Provider::Cpu {
+                    plan.registration_failed(p, format!("session creation failed: {e}"));
+                }
+            }
+            let mut builder = base()?;
+            cpu_provider()
+                .register(&mut builder)
+                .map_err(|e| e.to_string())?;
+            builder.commit_from_memory(bytes).map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The one ONNX Runtime environment of the process (ort allows only one), with the library
@@ -94,6 +224,9 @@ pub struct OrtEngine {
     output_name: String,
     input_shape: [usize; 5],
     output_shape: [usize; 5],
+    /// The accelerated engine runs through an I/O binding (inputs and outputs placed on the
+    /// devices the providers want); the CPU engine through a plain run.
+    bound: bool,
 }
 
 impl std::fmt::Debug for OrtEngine {
@@ -109,26 +242,28 @@ impl std::fmt::Debug for OrtEngine {
 impl OrtEngine {
     /// Builds a session from model bytes that [`crate::verify`] already checked. `file` only
     /// names the model in errors. Prefer [`crate::load_engine`], which verifies first.
+    /// `accelerated`: ask for TensorRT, then CUDA, then CPU (the `tensorrt` engine); else the
+    /// CPU provider alone.
     pub fn from_verified_bytes(
         bytes: &[u8],
         entry: &ModelEntry,
         file: &str,
         opts: &EngineOptions,
+        accelerated: bool,
     ) -> Result<OrtEngine, ModelError> {
         let env = environment(opts)?;
         let load_err = |e: String| ModelError::Load {
             file: file.to_string(),
             reason: format!("onnxruntime: {e}"),
         };
-        let (providers, name) = execution_providers();
-        let session = Session::builder(&env)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_execution_providers(providers)
-            .map_err(|e| load_err(e.to_string()))?
-            .with_intra_threads(opts.threads.max(1))
-            .map_err(|e| load_err(e.to_string()))?
-            .commit_from_memory(bytes)
-            .map_err(|e| load_err(e.to_string()))?;
+        let mut plan = Plan::new(accelerated, &available_providers());
+        let session = build_session(&env, bytes, entry, opts, &mut plan).map_err(load_err)?;
+        let name = plan.primary().engine_name();
+        if accelerated && plan.primary() != Provider::TensorRt {
+            tracing::warn!(model = %entry.name, "{}; running on {name}", plan.describe());
+        } else {
+            tracing::info!(model = %entry.name, "{}", plan.describe());
+        }
 
         let inputs: Vec<&str> = session.inputs().iter().map(|o| o.name()).collect();
         if inputs != [entry.input_name.as_str()] {
@@ -151,6 +286,7 @@ impl OrtEngine {
             output_name: entry.output_name.clone(),
             input_shape: entry.input_shape(),
             output_shape: entry.output_shape(),
+            bound: accelerated,
         })
     }
 
@@ -179,9 +315,38 @@ impl Engine for OrtEngine {
             .session
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let outputs = session
-            .run(ort::inputs![self.input_name.as_str() => value])
-            .map_err(run_err)?;
+        let binding;
+        let outputs = if self.bound {
+            // The accelerated path: ONNX Runtime moves the input to the device the first
+            // provider wants and leaves the probabilities in host memory for the CPU stages.
+            // With the CPU provider (CI) this is the same code with no copies across devices.
+            //
+            // The input is bound as an owned tensor: ort rc.15 clones a borrowed one on
+            // binding, and that clone deadlocks on its own copy-session lock (seen here with
+            // the CPU provider). One host copy of the input; a device input is owned anyway.
+            let owned = ort::value::Tensor::from_array((self.input_shape, input.data.clone()))
+                .map_err(run_err)?;
+            binding = {
+                let mut b = session.create_binding().map_err(run_err)?;
+                b.bind_input(self.input_name.as_str(), &owned)
+                    .map_err(run_err)?;
+                let host = MemoryInfo::new(
+                    AllocationDevice::CPU,
+                    0,
+                    AllocatorType::Device,
+                    MemoryType::Default,
+                )
+                .map_err(run_err)?;
+                b.bind_output_to_device(self.output_name.as_str(), &host)
+                    .map_err(run_err)?;
+                b
+            };
+            session.run_binding(&binding).map_err(run_err)?
+        } else {
+            session
+                .run(ort::inputs![self.input_name.as_str() => value])
+                .map_err(run_err)?
+        };
         let out = outputs.get(&self.output_name).ok_or_else(|| {
             ModelError::Run(format!("onnxruntime gave no output {:?}", self.output_name))
         })?;

@@ -30,6 +30,7 @@ fn engines(variant: &str, precision: &str, lib: PathBuf) -> (Box<dyn Engine>, Bo
     let opts = EngineOptions {
         threads: 2,
         ort_dylib: Some(lib),
+        ..EngineOptions::default()
     };
     let ort = load_engine(EngineKind::OnnxRuntime, &entry, &dir, &opts)
         .unwrap_or_else(|e| panic!("ORT {variant} {precision}: {e}"));
@@ -92,6 +93,7 @@ fn tampered_model_is_refused() {
     let opts = EngineOptions {
         threads: 1,
         ort_dylib: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+        ..EngineOptions::default()
     };
     match load_engine(EngineKind::OnnxRuntime, &entry, tmp.path(), &opts) {
         Err(ModelError::HashMismatch { .. }) => {}
@@ -106,6 +108,7 @@ fn missing_library_is_unavailable() {
     let opts = EngineOptions {
         threads: 1,
         ort_dylib: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+        ..EngineOptions::default()
     };
     match load_engine(EngineKind::OnnxRuntime, &entry, &dir, &opts) {
         // Another test in this process may already have loaded the real library, which then
@@ -119,5 +122,51 @@ fn missing_library_is_unavailable() {
             );
         }
         Err(e) => panic!("expected Unavailable, got {e}"),
+    }
+}
+
+/// The `tensorrt` engine on a library with only the CPU provider (the PyPI wheel CI uses):
+/// TensorRT and CUDA are planned, found missing and skipped; the session runs on the CPU
+/// through the same I/O-binding code the GPU uses, reports `ort-cpu`, and gives what the plain
+/// CPU engine gives, bit for bit, in both precisions.
+#[cfg(feature = "tensorrt")]
+#[test]
+fn tensorrt_engine_falls_back_to_the_cpu_provider_through_the_binding_path() {
+    let Some(lib) = ort_library() else { return };
+    let cache = tempfile::tempdir().unwrap();
+    for precision in ["fp32", "int8"] {
+        let (entry, dir) = fixture_entry("resize", precision);
+        let mut opts = EngineOptions {
+            threads: 2,
+            ort_dylib: Some(lib.clone()),
+            ..EngineOptions::default()
+        };
+        opts.gpu.trt_cache_dir = Some(cache.path().to_path_buf());
+        let trt = load_engine(EngineKind::TensorRt, &entry, &dir, &opts)
+            .unwrap_or_else(|e| panic!("tensorrt engine {precision}: {e}"));
+        let cpu = load_engine(EngineKind::OnnxRuntime, &entry, &dir, &opts)
+            .unwrap_or_else(|e| panic!("ORT {precision}: {e}"));
+        // Where the library does have TensorRT (a GPU machine) the fallback is not what
+        // happens; the CI wheel has none.
+        use ort::ep::ExecutionProvider;
+        if ort::ep::TensorRT::is_available().unwrap_or(false) {
+            println!(
+                "this ONNX Runtime has TensorRT: engine {}",
+                trt.engine_name()
+            );
+            continue;
+        }
+        assert_eq!(trt.engine_name(), "ort-cpu", "{precision}");
+        let input = fixture_input(&entry);
+        let a = trt.run(&input).unwrap_or_else(|e| panic!("{e}"));
+        let b = cpu.run(&input).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(a.shape, b.shape);
+        assert_eq!(
+            a.data, b.data,
+            "{precision}: binding path differs from plain run"
+        );
+        // Run twice: the binding is rebuilt per run and must not keep stale outputs.
+        let again = trt.run(&input).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.data, a.data);
     }
 }

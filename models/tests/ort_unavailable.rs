@@ -15,6 +15,7 @@ fn unavailable_reason(lib: PathBuf) -> String {
     let opts = EngineOptions {
         threads: 1,
         ort_dylib: Some(lib),
+        ..EngineOptions::default()
     };
     match load_engine(EngineKind::OnnxRuntime, &entry, &dir, &opts) {
         Err(ModelError::Unavailable(name, reason)) => {

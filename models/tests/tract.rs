@@ -20,6 +20,7 @@ fn opts(threads: usize) -> EngineOptions {
     EngineOptions {
         threads,
         ort_dylib: None,
+        ..EngineOptions::default()
     }
 }
 
