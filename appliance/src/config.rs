@@ -119,6 +119,9 @@ pub struct PipelineSection {
     pub threads: Option<usize>,
     /// `tensorrt`: the CUDA device (default 0).
     pub gpu_device: Option<i32>,
+    /// Preprocess on the GPU when the build has feature `cuda` and a device is usable
+    /// (default true; the CPU path gives the same masks).
+    pub gpu_preprocess: Option<bool>,
     /// `tensorrt`: let TensorRT run float layers at half precision (default true).
     pub fp16: Option<bool>,
 }

@@ -422,6 +422,9 @@ pub fn pipeline_config(cfg: &Config) -> pipeline::PipelineConfig {
     if let Some(fp16) = s.fp16 {
         p.gpu.fp16 = fp16;
     }
+    if let Some(on) = s.gpu_preprocess {
+        p.gpu_preprocess = on;
+    }
     if let Some(kind) = s.engine.as_deref().and_then(crate::config::parse_engine) {
         p.engine = kind;
     }

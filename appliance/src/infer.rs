@@ -2,6 +2,11 @@
 //!
 //! heart locator on the coarse grid → heart box → fine crop centred on it → per-vessel calcium
 //! segmenter → class probabilities mapped back to the native grid (HU ≥ 130 voxels only).
+//!
+//! The resampling and mask mapping run on the GPU when the build has feature `cuda-base` and
+//! [`Segmenter::use_gpu_preprocessing`] found a device (bit-identical to the CPU path, see
+//! `tests/gpu_parity.rs`); any GPU failure during a study logs a line and redoes that study's
+//! preprocessing on the CPU.
 
 use crate::preprocess::{self, GridSpec, HeartBox, PreprocessError};
 use crate::result::ModelInfo;
@@ -51,6 +56,9 @@ pub struct Segmenter {
     calcium_entry: ModelEntry,
     heart_grid: GridSpec,
     calcium_grid: GridSpec,
+    /// GPU preprocessing, one study at a time (its device buffers are reused across studies).
+    #[cfg(feature = "cuda-base")]
+    gpu: Option<std::sync::Mutex<crate::gpu::GpuPreprocessor>>,
 }
 
 impl Segmenter {
@@ -110,7 +118,37 @@ impl Segmenter {
             calcium_entry,
             heart_grid,
             calcium_grid,
+            #[cfg(feature = "cuda-base")]
+            gpu: None,
         })
+    }
+
+    /// Moves preprocessing to the GPU when one can be used (feature `cuda-base`); otherwise
+    /// logs one line saying why and keeps the CPU path. Returns whether the GPU is used.
+    pub fn use_gpu_preprocessing(&mut self) -> bool {
+        #[cfg(feature = "cuda-base")]
+        {
+            // `GpuPreprocessor::new` logs the reason when it fails.
+            if let Ok(g) = crate::gpu::GpuPreprocessor::new() {
+                tracing::info!(device = %g.info().name, "GPU preprocessing on");
+                self.gpu = Some(std::sync::Mutex::new(g));
+            }
+            self.gpu.is_some()
+        }
+        #[cfg(not(feature = "cuda-base"))]
+        {
+            tracing::info!("GPU preprocessing off: this build has no `cuda` feature");
+            false
+        }
+    }
+
+    /// Where preprocessing runs: "gpu" or "cpu".
+    pub fn preprocessing_device(&self) -> &'static str {
+        #[cfg(feature = "cuda-base")]
+        if self.gpu.is_some() {
+            return "gpu";
+        }
+        "cpu"
     }
 
     /// What result.json reports: the calcium segmenter's identity (it decides the scores).
@@ -137,6 +175,63 @@ impl Segmenter {
     /// Segments one study. Refuses with [`InferError::HeartNotFound`] when the locator finds
     /// no heart.
     pub fn segment(&self, vol: &Volume) -> Result<Segmentation, InferError> {
+        #[cfg(feature = "cuda-base")]
+        if let Some(gpu) = &self.gpu {
+            let mut g = gpu.lock().unwrap_or_else(|p| p.into_inner());
+            match self.segment_gpu(vol, &mut g) {
+                Ok(seg) => return Ok(seg),
+                Err(GpuOr::Infer(e)) => return Err(e),
+                Err(GpuOr::Gpu(e)) => {
+                    tracing::warn!("GPU preprocessing failed, this study runs on the CPU: {e}")
+                }
+            }
+        }
+        self.segment_cpu(vol)
+    }
+
+    /// [`Segmenter::segment`] with the resampling and mask mapping on the GPU.
+    #[cfg(feature = "cuda-base")]
+    fn segment_gpu(
+        &self,
+        vol: &Volume,
+        g: &mut crate::gpu::GpuPreprocessor,
+    ) -> Result<Segmentation, GpuOr> {
+        let (mut pre, mut inf) = (0u128, 0u128);
+        let t = Instant::now();
+        g.upload_hu(vol.hu.view())?;
+        let (coarse, coarse_grid) = g.coarse_input(vol, &self.heart_grid)?;
+        pre += t.elapsed().as_micros();
+
+        let t = Instant::now();
+        let heart_prob = self.heart.run(&coarse).map_err(InferError::from)?;
+        inf += t.elapsed().as_micros();
+        check_shape(&heart_prob, &self.heart_entry)?;
+
+        let t = Instant::now();
+        let heart = preprocess::heart_box(&heart_prob, &coarse_grid, vol)
+            .map_err(InferError::from)?
+            .ok_or(InferError::HeartNotFound)?;
+        let (fine, fine_grid) = g.fine_input(vol, heart.centre_mm, &self.calcium_grid)?;
+        pre += t.elapsed().as_micros();
+
+        let t = Instant::now();
+        let probs = self.calcium.run(&fine).map_err(InferError::from)?;
+        inf += t.elapsed().as_micros();
+        check_shape(&probs, &self.calcium_entry)?;
+
+        let t = Instant::now();
+        let mask = g.fine_to_native_mask(&probs, &fine_grid, vol)?;
+        pre += t.elapsed().as_micros();
+        Ok(Segmentation {
+            mask,
+            heart,
+            preprocess_ms: (pre / 1000) as u64,
+            infer_ms: (inf / 1000) as u64,
+        })
+    }
+
+    /// [`Segmenter::segment`] on the CPU (the reference path).
+    fn segment_cpu(&self, vol: &Volume) -> Result<Segmentation, InferError> {
         let (mut pre, mut inf) = (0u128, 0u128);
 
         let t = Instant::now();
@@ -169,6 +264,27 @@ impl Segmenter {
             preprocess_ms: (pre / 1000) as u64,
             infer_ms: (inf / 1000) as u64,
         })
+    }
+}
+
+/// A GPU failure (the study is redone on the CPU) or a refusal that would happen on either.
+#[cfg(feature = "cuda-base")]
+enum GpuOr {
+    Gpu(crate::gpu::GpuError),
+    Infer(InferError),
+}
+
+#[cfg(feature = "cuda-base")]
+impl From<crate::gpu::GpuError> for GpuOr {
+    fn from(e: crate::gpu::GpuError) -> Self {
+        GpuOr::Gpu(e)
+    }
+}
+
+#[cfg(feature = "cuda-base")]
+impl From<InferError> for GpuOr {
+    fn from(e: InferError) -> Self {
+        GpuOr::Infer(e)
     }
 }
 

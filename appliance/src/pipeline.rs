@@ -30,6 +30,8 @@ pub struct PipelineConfig {
     pub threads: usize,
     /// GPU settings of the `tensorrt` engine.
     pub gpu: cacd_models::GpuOptions,
+    /// Preprocess on the GPU when the build has feature `cuda-base` and a device is usable.
+    pub gpu_preprocess: bool,
     pub encode: EncodeOptions,
 }
 
@@ -44,6 +46,7 @@ impl Default for PipelineConfig {
                 .map(|n| n.get())
                 .unwrap_or(1),
             gpu: cacd_models::GpuOptions::default(),
+            gpu_preprocess: true,
             encode: EncodeOptions::default(),
         }
     }
@@ -127,11 +130,14 @@ impl Pipeline {
             ort_dylib: cfg.ort_dylib.clone(),
             gpu: cfg.gpu.clone(),
         };
-        let segmenter = Segmenter::load(&cfg.model_dir, &cfg.precision, cfg.engine, &opts)
+        let mut segmenter = Segmenter::load(&cfg.model_dir, &cfg.precision, cfg.engine, &opts)
             .map_err(|source| PipelineError::Models {
                 dir: cfg.model_dir.display().to_string(),
                 source,
             })?;
+        if cfg.gpu_preprocess {
+            segmenter.use_gpu_preprocessing();
+        }
         Ok(Pipeline {
             segmenter,
             encode: cfg.encode.clone(),

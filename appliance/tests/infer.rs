@@ -152,3 +152,31 @@ fn heldout_accuracy() {
         "{precision}: category agreement {agree}/{n}, median relative error {med:+.3}, mean |relative error| {mean_abs:.3}, none-burden > 10: {fp_none}"
     );
 }
+
+/// `Segmenter::use_gpu_preprocessing`: where a GPU is usable (feature `cuda`, a device) the
+/// study's resampling and mask mapping run there and give the CPU path's mask voxel for voxel;
+/// where none is (CI), the call says so and the same segmenter keeps the CPU path.
+#[test]
+fn gpu_preprocessing_gives_the_cpu_mask_or_falls_back_to_the_cpu() {
+    let spec = PhantomSpec {
+        thickness_mm: Some(3.0),
+        ..PhantomSpec::new(95_010, Burden::Moderate)
+    };
+    let ph = phantom::generate(&spec);
+    let cpu = segmenter("fp32");
+    assert_eq!(cpu.preprocessing_device(), "cpu");
+    let mut gpu = segmenter("fp32");
+    let on = gpu.use_gpu_preprocessing();
+    assert_eq!(gpu.preprocessing_device(), if on { "gpu" } else { "cpu" });
+    if !cfg!(feature = "cuda-base") {
+        assert!(
+            !on,
+            "a build without the cuda feature cannot preprocess on a GPU"
+        );
+    }
+    println!("GPU preprocessing: {}", gpu.preprocessing_device());
+    let a = cpu.segment(&ph.volume).expect("heart found");
+    let b = gpu.segment(&ph.volume).expect("heart found");
+    assert_eq!(a.heart.centre_mm, b.heart.centre_mm);
+    assert!(a.mask == b.mask, "GPU and CPU masks differ");
+}
