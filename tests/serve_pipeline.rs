@@ -218,3 +218,79 @@ fn sigkill_during_scoring_and_forwarding_then_outage_ends_delivered_once() {
         d[0].attempts
     );
 }
+
+/// The receiver is down for three minutes, then up: everything is delivered, once, and the
+/// attempts over the outage follow the capped exponential backoff (2, 4, 8, 16, 30, 30 … s),
+/// not a retry storm: about ten in three minutes, at most three a minute once capped.
+#[test]
+fn receiver_down_for_three_minutes_then_up_is_delivered_with_bounded_attempts() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let study = phantom(tmp.path(), 33, 30);
+    let files = dicom_files(&study);
+    let port = free_port();
+    let recv_port = free_port();
+    let recv = tmp.path().join("storescp");
+    let cfg = config(tmp.path(), port, &[("RECV", recv_port)]);
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("backoff_initial_s = 1", "backoff_initial_s = 2")
+        .replace("backoff_max_s = 4", "backoff_max_s = 30");
+    std::fs::write(&cfg, text).unwrap();
+    let data = tmp.path().join("data");
+
+    let serve = Serve::start(&cfg, port, &data);
+    send(port, &files);
+    assert!(
+        wait_until(Duration::from_secs(300), || serve
+            .log_contains("delivery failed (transient)")),
+        "no delivery attempt"
+    );
+    let outage = Duration::from_secs(180);
+    let down_since = std::time::Instant::now();
+    // The daemon holds the queue open (redb locks it), so count its log lines instead.
+    let q_attempts = |serve: &Serve| -> u32 {
+        let log = serve.log.lock().unwrap_or_else(|e| e.into_inner());
+        log.iter()
+            .filter(|l| l.contains("delivery failed (transient)"))
+            .count() as u32
+    };
+    std::thread::sleep(Duration::from_secs(60));
+    let after_1_min = q_attempts(&serve);
+    std::thread::sleep(outage.saturating_sub(down_since.elapsed()));
+    let during = q_attempts(&serve);
+    let _scp = StoreScp::start(recv_port, &recv);
+    assert!(
+        wait_until(Duration::from_secs(60), || serve.log_contains("delivered")),
+        "not delivered within a minute after the receiver came back"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    serve.terminate();
+
+    println!("attempts: {after_1_min} after 1 min, {during} over the 3-min outage");
+    // 2+4+8+16+30 = 60 s: about 5 in the first minute, then one per 30 s.
+    assert!(
+        (3..=7).contains(&after_1_min),
+        "first minute: {after_1_min}"
+    );
+    assert!(
+        during >= after_1_min + 3 && during <= after_1_min + 6,
+        "last two minutes: {} attempts",
+        during - after_1_min
+    );
+    let outbox: BTreeSet<String> = sop_uids(&data.join("outbox")).into_iter().collect();
+    let received: BTreeSet<String> = sop_uids(&recv).into_iter().collect();
+    assert!(!outbox.is_empty());
+    assert_eq!(received, outbox);
+    let q = Queue::open(&data).unwrap();
+    let s = q.all_series().unwrap();
+    assert_eq!(s[0].state, SeriesState::Delivered);
+    let d = q.deliveries(&s[0].series_uid).unwrap();
+    assert_eq!(
+        d[0].attempts,
+        during + 1,
+        "the queue counts what the log shows"
+    );
+}
