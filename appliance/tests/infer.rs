@@ -67,11 +67,12 @@ fn run(seg: &Segmenter, spec: &PhantomSpec) -> Run {
 
 /// Held-out seeds: 95000+ are used neither for training (0–9999), nor for the quick eval
 /// (90000+), nor by the benchmark (100000+).
-// Ignored in CI: with networks v1.1.0 and the phantom generator as of 6d66a96 (anatomy changed
-// after the training data were made), the Low phantom of seed 95001 scores 246.6 against a truth
-// of 63.9. The model must be retrained on the current phantoms; bench/accuracy measures it.
+// Ignored in CI: networks v1.2.0 (retrained on the current phantoms) still label part of an
+// aortic-wall calcification as coronary on some phantoms: the Low phantom of seed 95001 scores
+// 104.3 against a truth of 63.9 (category 101-400 instead of 11-100). bench/accuracy measures
+// how often (BENCHMARKS.md); this test is the acceptance check to turn back on when it passes.
 #[test]
-#[ignore = "networks v1.1.0 trail the current phantom anatomy; retrain (see BENCHMARKS.md)"]
+#[ignore = "networks v1.2.0 still mislabel some aortic-wall calcium (seed 95001: 104.3 vs 63.9)"]
 fn one_phantom_per_burden_scores_in_the_true_category() {
     let seg = segmenter("int8");
     for (i, burden) in [Burden::None, Burden::Low, Burden::Moderate, Burden::High]
