@@ -2,7 +2,10 @@
 //! a quick check that a newly exported network loads and runs in cacd's engines.
 //!
 //! cargo run --release -p cacd-models --example probe -- MODEL.onnx C D H W \
-//!     [--engine tract|ort] [--threads N] [--labels K (5)] [--out OUT.f32]
+//!     [--engine tract|ort] [--threads N] [--labels K (5)] [--out OUT.f32] [--runs N]
+//!
+//! `--runs N` times N runs after the first and prints their median, min and max
+//! (bench/inference uses it).
 //!
 //! The input is make_fixtures.py's `fixture_input` pattern; `--out` writes the output as raw
 //! little-endian f32 (C order) for comparison in Python. The file's hash is not checked here:
@@ -18,6 +21,7 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut positional = Vec::new();
     let (mut kind, mut threads, mut out, mut labels) = (EngineKind::Tract, 1usize, None, None);
+    let mut runs = 0usize;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -31,6 +35,7 @@ fn main() -> anyhow::Result<()> {
             "--threads" => threads = it.next().context("--threads N")?.parse()?,
             "--labels" => labels = Some(it.next().context("--labels K")?.parse::<usize>()?),
             "--out" => out = Some(it.next().context("--out FILE")?.clone()),
+            "--runs" => runs = it.next().context("--runs N")?.parse()?,
             _ => positional.push(a.clone()),
         }
     }
@@ -109,6 +114,21 @@ fn main() -> anyhow::Result<()> {
         threads,
         output.shape
     );
+    if runs > 0 {
+        let mut ms: Vec<f64> = (0..runs)
+            .map(|_| {
+                let t = Instant::now();
+                engine.run(&input).map(|_| t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect::<Result<_, _>>()?;
+        ms.sort_by(f64::total_cmp);
+        println!(
+            "timed runs: {runs}, median {:.1} ms, min {:.1} ms, max {:.1} ms",
+            ms[runs / 2],
+            ms[0],
+            ms[runs - 1]
+        );
+    }
     if let Some(out) = out {
         let raw: Vec<u8> = output.data.iter().flat_map(|x| x.to_le_bytes()).collect();
         std::fs::write(&out, raw).with_context(|| format!("writing {out}"))?;

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Inference: the committed calcium segmenter (the network that dominates a study's time) on its
+# full 4×64×192×192 input, in cacd's engines (tract and ONNX Runtime, fp32 and int8) and in
+# PyTorch eager (the peer a research pipeline uses: the same fp32 ONNX graph converted with
+# onnx2torch), all on the same CPU with the same thread count. Median of RUNS runs after one
+# warm-up. Target (issue 8): cacd's best engine >= 2x PyTorch.
+#
+#   bench/inference/run.sh            (THREADS=2 RUNS=5 by default)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+THREADS=${THREADS:-2}
+RUNS=${RUNS:-5}
+cargo build --release -q -p cacd-models --features onnxruntime --example probe
+PROBE=target/release/examples/probe
+if [ -z "${ORT_DYLIB_PATH:-}" ]; then
+  ORT_DYLIB_PATH="$(python3 -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')"
+  export ORT_DYLIB_PATH
+fi
+python3 -c 'import torch, onnx2torch' 2>/dev/null || python3 -m pip install --quiet torch onnx2torch
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); threads $THREADS; $RUNS runs each"
+declare -A med
+for engine in tract ort; do
+  for prec in fp32 int8; do
+    line=$("$PROBE" "models/calcium_$prec.onnx" 4 64 192 192 --engine $engine --threads "$THREADS" --runs "$RUNS" | grep 'timed runs')
+    med[$engine/$prec]=$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$line")
+    echo "cacd $engine/$prec: $line"
+  done
+done
+torch_line=$(python3 - "$THREADS" "$RUNS" <<'PY'
+import sys, time, statistics
+import numpy as np, onnx, torch
+from onnx2torch import convert
+threads, runs = int(sys.argv[1]), int(sys.argv[2])
+torch.set_num_threads(threads)
+net = convert(onnx.load("models/calcium_fp32.onnx")).eval()
+n = 4 * 64 * 192 * 192
+# The probe's deterministic input pattern.
+i = np.arange(n, dtype=np.uint64)
+x = ((i * np.uint64(2654435761)) % np.uint64(1 << 32)).astype(np.float64) / 4294967296.0 * 4.0 - 2.0
+x = torch.from_numpy(x.astype(np.float32).reshape(1, 4, 64, 192, 192))
+with torch.inference_mode():
+    net(x)
+    ms = []
+    for _ in range(runs):
+        t = time.perf_counter(); net(x); ms.append((time.perf_counter() - t) * 1e3)
+ms.sort()
+print(f"timed runs: {runs}, median {ms[runs // 2]:.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms (torch {torch.__version__})")
+PY
+)
+torch_med=$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$torch_line")
+echo "pytorch eager/fp32: $torch_line"
+echo
+printf '%-22s %12s %14s\n' engine "median ms" "vs PyTorch"
+for k in tract/fp32 tract/int8 ort/fp32 ort/int8; do
+  printf '%-22s %12s %13.2fx\n' "cacd $k" "${med[$k]}" "$(python3 -c "print($torch_med / ${med[$k]})")"
+done
+printf '%-22s %12s %13.2fx\n' "pytorch eager/fp32" "$torch_med" 1
