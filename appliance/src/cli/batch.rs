@@ -5,6 +5,11 @@
 //! every study, whatever order the file system lists them in (Kubernetes Indexed Jobs, Slurm
 //! arrays). A study whose `result.json` exists is skipped: `write_outcome` writes it last,
 //! atomically, so its presence means the study finished and a killed batch resumes where it was.
+//!
+//! At the end each shard writes `summary-I-of-N.csv` (its own studies) and, through
+//! [`super::dashboard`], `index.html` + `summary.csv` over every study in DIR whichever shard
+//! scored it; `--index-only` rewrites just those (after the last shard), `--list` prints the
+//! shard's studies without scoring.
 
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
