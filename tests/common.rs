@@ -221,6 +221,12 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     f()
 }
 
+/// The `[receive]` table every e2e config carries: a free-space watermark low enough for a CI
+/// disk that the release build has nearly filled. With the defaults (1 GiB and 5 %) CI refused
+/// every instance with A700 and six tests failed; the watermark itself is tested with its own
+/// settings in `serve_receive.rs`.
+pub const TEST_RECEIVE: &str = "[receive]\nmin_free_bytes = 1048576\nmin_free_percent = 0.0\n";
+
 /// Whether the trained models are present (the scoring tests need them).
 pub fn models_present() -> bool {
     let dir = std::env::var_os("CACD_MODEL_DIR")

@@ -38,6 +38,7 @@ host = "127.0.0.1"
 backoff_initial_s = 1
 backoff_max_s = 4
 connect_timeout_s = 3
+{TEST_RECEIVE}
 "#,
         status = free_port(),
         data = dir.join("data").display()

@@ -25,7 +25,7 @@ quiet_period_s = 1.0
 [[peer]]
 ae = "CT01"
 host = "127.0.0.1"
-{extra}
+{TEST_RECEIVE}{extra}
 "#,
         data = data.display()
     );
@@ -168,7 +168,7 @@ fn over_the_association_cap_is_refused_transient() {
     let cfg = config(
         tmp.path(),
         port,
-        "[receive]\nmax_associations = 1\nread_timeout_s = 20\n",
+        "max_associations = 1\nread_timeout_s = 20\n",
     );
     let serve = Serve::start(&cfg, port, &tmp.path().join("data"));
     // Hold the only slot: a connection that never sends its association request.
@@ -193,7 +193,7 @@ fn over_the_association_cap_is_refused_transient() {
 #[test]
 fn sigkill_during_receive_keeps_every_acknowledged_instance() {
     let tmp = tempfile::tempdir().unwrap();
-    let study = phantom(tmp.path(), 12, 60);
+    let study = phantom(tmp.path(), 12, 160);
     let files = dicom_files(&study);
     let port = free_port();
     let cfg = config(tmp.path(), port, "");
@@ -214,12 +214,14 @@ fn sigkill_during_receive_keeps_every_acknowledged_instance() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Kill the daemon mid-series, as a power cut would.
-    assert!(wait_until(Duration::from_secs(30), || dicom_files_below(
-        &data.join("studies")
-    )
-    .len()
-        >= 5));
+    // Kill the daemon mid-series, as a power cut would. Poll tightly: at wait_until's 200 ms
+    // a fast machine had stored the whole series before the first look.
+    let t = std::time::Instant::now();
+    while dicom_files_below(&data.join("studies")).len() < 5
+        && t.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     serve.kill();
     let out = sender.wait_with_output().unwrap();
     let acked = text(&out)

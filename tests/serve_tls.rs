@@ -143,6 +143,7 @@ handshake_timeout_s = 5.0
 [[peer]]
 ae = "CT01"
 host = "127.0.0.1"
+{TEST_RECEIVE}
 "#,
             status = free_port(),
             data = data.display(),

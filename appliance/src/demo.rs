@@ -135,6 +135,13 @@ async fn demo_loop(
         data_dir: root.join("data"),
         quiet_period_s: 2.0,
         accept_any: true,
+        // The demo study is ~35 MB; the appliance defaults (1 GiB, 5 %) would refuse it on a
+        // nearly full laptop or CI disk, which is not what a demo is for.
+        receive: crate::config::ReceiveConfig {
+            min_free_bytes: 256 << 20,
+            min_free_percent: 0.0,
+            ..Default::default()
+        },
         destinations: vec![Destination {
             ae: "DEMO-PACS".into(),
             host: "127.0.0.1".into(),
