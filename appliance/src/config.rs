@@ -44,6 +44,9 @@ pub struct Config {
     pub forward: ForwardConfig,
     pub housekeeping: HousekeepingConfig,
     pub pipeline: PipelineSection,
+    pub led: LedConfig,
+    pub health: HealthConfig,
+    pub reports: ReportsConfig,
     #[serde(rename = "peer")]
     pub peers: Vec<Peer>,
     #[serde(rename = "destination")]
@@ -126,6 +129,122 @@ pub struct PipelineSection {
     pub fp16: Option<bool>,
 }
 
+/// Which status LED drives the box's front panel (see README "Status LED").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LedKind {
+    /// No hardware: the pattern is recorded (and shown on the status page).
+    #[default]
+    Sim,
+    /// Kernel LED class, /sys/class/leds/<name>.
+    Sysfs,
+    /// GPIO character device line(s).
+    Gpio,
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct LedConfig {
+    pub kind: LedKind,
+    /// sysfs: the (green or only) LED's name under /sys/class/leds.
+    pub name: Option<String>,
+    /// sysfs: the red half of a bi-colour LED.
+    pub red: Option<String>,
+    /// sysfs: another root than /sys/class/leds (tests).
+    pub sysfs_root: Option<PathBuf>,
+    /// gpio: the chip, e.g. /dev/gpiochip0.
+    pub chip: Option<PathBuf>,
+    /// gpio: the line offset of the (green or only) LED.
+    pub line: Option<u32>,
+    /// gpio: the line offset of the red half.
+    pub red_line: Option<u32>,
+    /// gpio: the LED lights when the line is low.
+    pub active_low: bool,
+    /// sim: also write every change to this file.
+    pub record: Option<PathBuf>,
+}
+
+/// Thresholds of the health states and the status port's service token.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// How often health is evaluated (LED, systemd STATUS= and WATCHDOG=1), seconds.
+    pub interval_s: f64,
+    /// A destination failing for this long makes the box degraded.
+    pub pacs_unreachable_s: f64,
+    /// Destinations are checked with C-ECHO this often (and by every delivery).
+    pub probe_interval_s: f64,
+    /// Degraded below this much free disk (percent), before receiving stops at the
+    /// receive watermark.
+    pub disk_warn_free_percent: f64,
+    /// The box is meant to have a GPU: its absence (scoring on the CPU) is degraded.
+    pub expect_gpu: bool,
+    /// How long `POST /api/identify` blinks the LED, seconds.
+    pub identify_s: f64,
+    /// Bearer token for `POST /api/identify`; empty: identify is disabled.
+    pub service_token: String,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            interval_s: 1.0,
+            pacs_unreachable_s: 300.0,
+            probe_interval_s: 60.0,
+            disk_warn_free_percent: 10.0,
+            expect_gpu: false,
+            identify_s: 30.0,
+            service_token: String::new(),
+        }
+    }
+}
+
+/// Reports pushed to central IT over HTTPS (off while `url` is empty).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReportsConfig {
+    /// https://… endpoint that receives every report as a JSON POST.
+    pub url: String,
+    /// PEM CA bundle that signed the receiver's certificate (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// Bearer token sent with every report.
+    pub token: Option<String>,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// Heartbeat period, seconds.
+    pub heartbeat_s: f64,
+    pub backoff_initial_s: f64,
+    pub backoff_max_s: f64,
+    pub timeout_s: f64,
+    /// Include patient name, ID, birth date, accession number and the UIDs in result
+    /// reports. Off: reports carry hashed identifiers only.
+    pub include_patient_data: bool,
+    /// Reports kept at most while the receiver is away; the oldest go first beyond this.
+    pub max_pending: u64,
+    /// This box's name in reports (default: the host name).
+    pub box_id: Option<String>,
+}
+
+impl Default for ReportsConfig {
+    fn default() -> Self {
+        ReportsConfig {
+            url: String::new(),
+            ca: None,
+            token: None,
+            client_cert: None,
+            client_key: None,
+            heartbeat_s: 3600.0,
+            backoff_initial_s: 5.0,
+            backoff_max_s: 600.0,
+            timeout_s: 15.0,
+            include_patient_data: false,
+            max_pending: 100_000,
+            box_id: None,
+        }
+    }
+}
+
 /// A sender allowed to store to us: calling AE title and source address (IP or CIDR).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +307,9 @@ impl Default for Config {
             forward: ForwardConfig::default(),
             housekeeping: HousekeepingConfig::default(),
             pipeline: PipelineSection::default(),
+            led: LedConfig::default(),
+            health: HealthConfig::default(),
+            reports: ReportsConfig::default(),
             peers: Vec::new(),
             destinations: Vec::new(),
         }
@@ -380,7 +502,123 @@ impl Config {
         for (i, d) in self.destinations.iter().enumerate() {
             check_destination(&format!("destination[{i}]"), d, &mut p);
         }
+        self.ops_problems(&mut p);
         p
+    }
+
+    /// `[led]`, `[health]` and `[reports]`.
+    fn ops_problems(&self, p: &mut Vec<String>) {
+        let l = &self.led;
+        let only = |p: &mut Vec<String>, key: &str, set: bool, kinds: &str| {
+            if set {
+                p.push(format!("led.{key}: only used with led.kind = {kinds}"));
+            }
+        };
+        match l.kind {
+            LedKind::Sim => {}
+            LedKind::Sysfs => {
+                let root = l
+                    .sysfs_root
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(cacd_hal::sysfs::SYSFS_LEDS));
+                match &l.name {
+                    None => p.push("led.name: required when led.kind = \"sysfs\"".into()),
+                    Some(n) if !root.join(n).join("brightness").exists() => p.push(format!(
+                        "led.name: no LED `{n}` under {} (no brightness file)",
+                        root.display()
+                    )),
+                    Some(_) => {}
+                }
+                if let Some(n) = &l.red {
+                    if !root.join(n).join("brightness").exists() {
+                        p.push(format!("led.red: no LED `{n}` under {}", root.display()));
+                    }
+                }
+            }
+            LedKind::Gpio => {
+                match &l.chip {
+                    None => p.push("led.chip: required when led.kind = \"gpio\"".into()),
+                    Some(c) if !c.exists() => {
+                        p.push(format!("led.chip: {} does not exist", c.display()))
+                    }
+                    Some(_) => {}
+                }
+                if l.line.is_none() {
+                    p.push("led.line: required when led.kind = \"gpio\"".into());
+                }
+                if l.red_line.is_some() && l.red_line == l.line {
+                    p.push("led.red_line: must differ from led.line".into());
+                }
+            }
+        }
+        let sysfs = l.kind == LedKind::Sysfs;
+        let gpio = l.kind == LedKind::Gpio;
+        only(p, "name", l.name.is_some() && !sysfs, "\"sysfs\"");
+        only(p, "red", l.red.is_some() && !sysfs, "\"sysfs\"");
+        only(
+            p,
+            "sysfs_root",
+            l.sysfs_root.is_some() && !sysfs,
+            "\"sysfs\"",
+        );
+        only(p, "chip", l.chip.is_some() && !gpio, "\"gpio\"");
+        only(p, "line", l.line.is_some() && !gpio, "\"gpio\"");
+        only(p, "red_line", l.red_line.is_some() && !gpio, "\"gpio\"");
+        only(p, "active_low", l.active_low && !gpio, "\"gpio\"");
+        only(
+            p,
+            "record",
+            l.record.is_some() && l.kind != LedKind::Sim,
+            "\"sim\"",
+        );
+
+        let h = &self.health;
+        positive(p, "health.interval_s", h.interval_s);
+        positive(p, "health.pacs_unreachable_s", h.pacs_unreachable_s);
+        positive(p, "health.probe_interval_s", h.probe_interval_s);
+        positive(p, "health.identify_s", h.identify_s);
+        if !(0.0..100.0).contains(&h.disk_warn_free_percent) {
+            p.push(format!(
+                "health.disk_warn_free_percent: {} is outside 0..100",
+                h.disk_warn_free_percent
+            ));
+        }
+        if !h.service_token.is_empty() && h.service_token.len() < 16 {
+            p.push("health.service_token: use at least 16 characters (or leave it empty to disable identify)".into());
+        }
+
+        let r = &self.reports;
+        let on = !r.url.is_empty();
+        if on && !r.url.starts_with("https://") {
+            p.push(format!("reports.url: `{}` must start with https://", r.url));
+        }
+        if on && r.url.len() <= "https://".len() {
+            p.push("reports.url: no host".into());
+        }
+        for (key, path) in [
+            ("reports.ca", &r.ca),
+            ("reports.client_cert", &r.client_cert),
+            ("reports.client_key", &r.client_key),
+        ] {
+            if let Some(path) = path {
+                if !path.is_file() {
+                    p.push(format!("{key}: {} is not a readable file", path.display()));
+                }
+            }
+        }
+        if r.client_cert.is_some() != r.client_key.is_some() {
+            p.push("reports.client_key: client_cert and client_key go together".into());
+        }
+        positive(p, "reports.heartbeat_s", r.heartbeat_s);
+        positive(p, "reports.backoff_initial_s", r.backoff_initial_s);
+        positive(p, "reports.backoff_max_s", r.backoff_max_s);
+        if r.backoff_max_s < r.backoff_initial_s {
+            p.push("reports.backoff_max_s: must not be below reports.backoff_initial_s".into());
+        }
+        positive(p, "reports.timeout_s", r.timeout_s);
+        if r.max_pending == 0 {
+            p.push("reports.max_pending: must be at least 1".into());
+        }
     }
 
     /// Settings that run but are probably not what the operator wants, each with its key.
@@ -577,6 +815,55 @@ mod tests {
         assert!(c.problems().is_empty(), "{:?}", c.problems());
         assert_eq!(c.destinations.len(), 1);
         assert_eq!(c.peers.len(), 2);
+    }
+
+    #[test]
+    fn ops_sections_are_checked_with_their_keys() {
+        let text = r#"
+            [led]
+            kind = "gpio"
+            name = "green:status"
+            [health]
+            pacs_unreachable_s = 0
+            service_token = "short"
+            [reports]
+            url = "http://it.example/cacd"
+            client_cert = "/nonexistent/cert.pem"
+            heartbeat_s = -1
+        "#;
+        let p = Config::parse(text).unwrap().problems();
+        for key in [
+            "led.chip:",
+            "led.line:",
+            "led.name:",
+            "health.pacs_unreachable_s:",
+            "health.service_token:",
+            "reports.url:",
+            "reports.client_cert:",
+            "reports.client_key:",
+            "reports.heartbeat_s:",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(key)),
+                "{key} missing in {p:?}"
+            );
+        }
+        let e = Config::parse("[led]\nkind = \"blinkenlights\"").unwrap_err();
+        assert!(e.contains("blinkenlights"), "{e}");
+        let e = Config::parse("[reports]\nurl_typo = \"x\"").unwrap_err();
+        assert!(e.contains("url_typo"), "{e}");
+        // A sysfs LED must exist.
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(t.path().join("green:status")).unwrap();
+        std::fs::write(t.path().join("green:status/brightness"), "0").unwrap();
+        let ok = format!(
+            "[led]\nkind = \"sysfs\"\nname = \"green:status\"\nsysfs_root = \"{}\"",
+            t.path().display()
+        );
+        assert!(Config::parse(&ok).unwrap().problems().is_empty());
+        let bad = ok.replace("green:status\"\n", "amber:status\"\n");
+        let p = Config::parse(&bad).unwrap().problems();
+        assert!(p.iter().any(|l| l.starts_with("led.name:")), "{p:?}");
     }
 
     #[test]

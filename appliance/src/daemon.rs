@@ -5,7 +5,10 @@
 //!   heavy, never on the receive path) and hands results to forwarding;
 //! - one forwarding task per destination sends due deliveries, so one PACS that is down does
 //!   not hold up another;
-//! - housekeeping prunes delivered series after the retention period.
+//! - housekeeping prunes delivered series after the retention period;
+//! - field operations: the health loop (status LED, systemd READY/STATUS/WATCHDOG), the status
+//!   port, and the report outbox with its sender and heartbeats (see `health`, `status`,
+//!   `reports`).
 //!
 //! Everything that matters is in the queue, so a restart resumes where the last run stood.
 
@@ -21,9 +24,13 @@ use tracing::{error, info, warn};
 
 use crate::config::{secs, Config, Destination};
 use crate::forward::{self, ScuOptions, SendError};
+use crate::health::{self, Monitor, SharedLed, State};
 use crate::pipeline::{self, Outcome, Pipeline};
 use crate::queue::{now_ms, Attempt, Queue, QueueError, ScoringEnd, SeriesRecord};
 use crate::receive::{self, Receiver};
+use crate::reports::{self, Outbox, ReportError};
+use crate::result::ModelInfo;
+use crate::status::{self, StatusCtx};
 use crate::store::{self, list_instances, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -36,12 +43,24 @@ pub enum DaemonError {
     Receive(#[from] receive::ReceiveError),
     #[error("DICOM listener: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Status(#[from] status::StatusError),
+    #[error(transparent)]
+    Reports(#[from] ReportError),
 }
+
+/// The status LED as `serve` opened it: the LED, a simulated LED's reader, and why the
+/// configured LED could not be opened (if so).
+pub type Led = (SharedLed, Option<cacd_hal::SimLedHandle>, Option<String>);
 
 /// Turns a scored series into result files; the pipeline in production.
 pub trait Scorer: Send + Sync + 'static {
     fn score_into(&self, inputs: &[PathBuf], version: u32, out_dir: &std::path::Path)
         -> ScoringEnd;
+    /// The loaded models, for the status port and reports.
+    fn model_info(&self) -> Option<ModelInfo> {
+        None
+    }
 }
 
 impl Scorer for Pipeline {
@@ -66,6 +85,39 @@ impl Scorer for Pipeline {
             },
         }
     }
+
+    fn model_info(&self) -> Option<ModelInfo> {
+        Some(Pipeline::model_info(self))
+    }
+}
+
+/// What the stages share for field operations.
+#[derive(Clone)]
+struct Ops {
+    cfg: Arc<Config>,
+    monitor: Arc<Monitor>,
+    store: Store,
+    outbox: Option<Outbox>,
+    report_notify: Arc<Notify>,
+}
+
+impl Ops {
+    /// Queues a result report for a series that reached the end of scoring.
+    fn report_result(&self, series_uid: &str, queue: &Queue) {
+        let Some(outbox) = &self.outbox else { return };
+        let rec = match queue.series(series_uid) {
+            Ok(Some(r)) => r,
+            _ => return,
+        };
+        let body = reports::result_report(&self.cfg, &self.store, &rec);
+        match outbox.push("result", body, &status::box_id(&self.cfg)) {
+            Ok(seq) => {
+                info!(stage = "report", series_hash = %store::uid_hash(series_uid), seq, "result report queued");
+                self.report_notify.notify_one();
+            }
+            Err(e) => warn!(stage = "report", error = %e, "result report not queued"),
+        }
+    }
 }
 
 /// Builds the scorer; called on the scoring thread so that receiving starts at once and keeps
@@ -75,33 +127,106 @@ pub type ScorerFactory = Box<dyn Fn() -> Result<Arc<dyn Scorer>, String> + Send>
 /// A running daemon (used by `serve` and, in-process, by `demo`).
 pub struct Daemon {
     pub dicom_addr: SocketAddr,
+    pub status_addr: SocketAddr,
     pub queue: Queue,
     pub store: Store,
+    pub monitor: Arc<Monitor>,
     shutdown: watch::Sender<bool>,
     stop_scoring: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
     budget: Duration,
 }
 
-/// Starts every stage. Must run inside a tokio runtime.
+/// Starts every stage with the LED from the config. Must run inside a tokio runtime.
 pub async fn start(cfg: Config, scorer: ScorerFactory) -> Result<Daemon, DaemonError> {
+    let led = health::led_or_sim(&cfg.led);
+    start_with(cfg, scorer, led).await
+}
+
+/// Starts every stage, showing health on `led`. Must run inside a tokio runtime.
+pub async fn start_with(
+    cfg: Config,
+    scorer: ScorerFactory,
+    led: Led,
+) -> Result<Daemon, DaemonError> {
     let cfg = Arc::new(cfg);
+    let monitor = Arc::new(Monitor::default());
+    let (led, sim, led_error) = led;
+    health::show(&monitor, &led, State::Booting, led_error.clone());
+    health::systemd::status("booting: opening the database");
     let store = Store::open(&cfg.data_dir)?;
     let queue = Queue::open(&cfg.data_dir)?;
     let counts = queue.counts()?;
+    monitor.db_open.store(true, Ordering::SeqCst);
     info!(data = %cfg.data_dir.display(), ?counts, "queue opened; resuming");
-    let receiver = Arc::new(Receiver::new(cfg.clone(), store.clone(), queue.clone())?);
+    let outbox = match cfg.reports.url.is_empty() {
+        true => None,
+        false => Some(Outbox::open(queue.database(), cfg.reports.max_pending)?),
+    };
+    let receiver = Arc::new(Receiver::new(
+        cfg.clone(),
+        store.clone(),
+        queue.clone(),
+        monitor.clone(),
+    )?);
     let listener = receive::bind(&cfg.listen).await?;
     let dicom_addr = listener.local_addr()?;
+    let status_listener = status::bind(&cfg.status).await?;
+    let status_addr = status_listener.local_addr()?;
+    monitor.listener_bound.store(true, Ordering::SeqCst);
     let (tx, rx) = watch::channel(false);
     let budget = secs(cfg.housekeeping.shutdown_budget_s);
     let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(receive::run(
-        listener,
-        receiver,
+    {
+        let (m, rx) = (monitor.clone(), rx.clone());
+        m.receiver_alive.store(true, Ordering::SeqCst);
+        tasks.push(tokio::spawn(async move {
+            receive::run(listener, receiver, rx, budget).await;
+            m.receiver_alive.store(false, Ordering::SeqCst);
+        }));
+    }
+    let report_notify = Arc::new(Notify::new());
+    let ops = Ops {
+        cfg: cfg.clone(),
+        monitor: monitor.clone(),
+        store: store.clone(),
+        outbox: outbox.clone(),
+        report_notify: report_notify.clone(),
+    };
+    let status_ctx = Arc::new(StatusCtx {
+        cfg: cfg.clone(),
+        monitor: monitor.clone(),
+        queue: queue.clone(),
+        store: store.clone(),
+        outbox: outbox.clone(),
+    });
+    tasks.push(tokio::spawn(status::serve(
+        status_listener,
+        status_ctx.clone(),
         rx.clone(),
-        budget,
     )));
+    tasks.push(tokio::spawn(health::run_loop(
+        cfg.clone(),
+        monitor.clone(),
+        led,
+        sim,
+        led_error,
+        rx.clone(),
+    )));
+    if let Some(outbox) = &outbox {
+        tasks.push(tokio::spawn(reports::run_sender(
+            cfg.clone(),
+            outbox.clone(),
+            report_notify.clone(),
+            rx.clone(),
+        )));
+        tasks.push(tokio::spawn(reports::run_heartbeats(
+            status_ctx,
+            outbox.clone(),
+            report_notify.clone(),
+            rx.clone(),
+        )));
+    }
 
     // One notifier per destination: the scoring thread pokes them when results are ready.
     let dests: Vec<(Destination, Arc<Notify>)> = cfg
@@ -118,6 +243,7 @@ pub async fn start(cfg: Config, scorer: ScorerFactory) -> Result<Daemon, DaemonE
             dest,
             notify,
             rx.clone(),
+            monitor.clone(),
         )));
     }
     if ids.is_empty() {
@@ -126,17 +252,18 @@ pub async fn start(cfg: Config, scorer: ScorerFactory) -> Result<Daemon, DaemonE
 
     let stop_scoring = Arc::new(AtomicBool::new(false));
     {
-        let (cfg, queue, store, stop) = (
+        let (cfg, queue, store, stop, ops) = (
             cfg.clone(),
             queue.clone(),
             store.clone(),
             stop_scoring.clone(),
+            ops.clone(),
         );
         let handle = tokio::runtime::Handle::current();
         std::thread::Builder::new()
             .name("cacd-scoring".into())
             .spawn(move || {
-                let Some(scorer) = load_scorer(&scorer, &stop) else {
+                let Some(scorer) = load_scorer(&scorer, &stop, &ops.monitor) else {
                     return;
                 };
                 scoring_loop(
@@ -148,6 +275,7 @@ pub async fn start(cfg: Config, scorer: ScorerFactory) -> Result<Daemon, DaemonE
                     &notifies,
                     &stop,
                     &handle,
+                    &ops,
                 )
             })?;
     }
@@ -159,8 +287,10 @@ pub async fn start(cfg: Config, scorer: ScorerFactory) -> Result<Daemon, DaemonE
     )));
     Ok(Daemon {
         dicom_addr,
+        status_addr,
         queue,
         store,
+        monitor,
         shutdown: tx,
         stop_scoring,
         tasks,
@@ -191,19 +321,36 @@ async fn futures_join(tasks: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Loads the scorer, retrying every 30 s until it loads or the daemon stops.
-fn load_scorer(factory: &ScorerFactory, stop: &AtomicBool) -> Option<Arc<dyn Scorer>> {
+/// Loads the scorer, retrying every 30 s until it loads or the daemon stops. While it does not
+/// load (a model whose hash differs from the manifest, models missing) the box shows a fault.
+fn load_scorer(
+    factory: &ScorerFactory,
+    stop: &AtomicBool,
+    monitor: &Monitor,
+) -> Option<Arc<dyn Scorer>> {
     loop {
+        monitor.scoring_alive();
         match factory() {
-            Ok(s) => return Some(s),
+            Ok(s) => {
+                monitor.model_loaded(s.model_info().unwrap_or_else(|| ModelInfo {
+                    name: "unknown".into(),
+                    version: String::new(),
+                    sha256: String::new(),
+                    precision: String::new(),
+                    engine: String::new(),
+                }));
+                return Some(s);
+            }
             Err(e) => {
-                error!(error = %e, "cannot load the scoring pipeline; receiving continues, scoring waits (retry in 30 s)")
+                monitor.fault("model", format!("models: {e}"));
+                error!(stage = "infer", error = %e, "cannot load the scoring pipeline; receiving continues, scoring waits (retry in 30 s)")
             }
         }
         for _ in 0..120 {
             if stop.load(Ordering::SeqCst) {
                 return None;
             }
+            monitor.scoring_alive();
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -219,6 +366,7 @@ fn scoring_loop(
     notifies: &[Arc<Notify>],
     stop: &AtomicBool,
     rt: &tokio::runtime::Handle,
+    ops: &Ops,
 ) {
     let _guard = rt.enter();
     let quiet = cfg.quiet_period();
@@ -228,14 +376,18 @@ fn scoring_loop(
     }
     notifies.iter().for_each(|n| n.notify_one());
     while !stop.load(Ordering::SeqCst) {
+        ops.monitor.scoring_alive();
         let step = (|| -> Result<bool, QueueError> {
             for s in queue.complete_quiet(quiet)? {
-                info!(series = %store::uid_hash(&s), "series complete");
+                info!(stage = "receive", series_hash = %store::uid_hash(&s), "series complete");
             }
             let Some(rec) = queue.start_scoring()? else {
                 return Ok(false);
             };
-            score_one(queue, store, scorer, &rec)?;
+            ops.monitor.scoring_started();
+            let done = score_one(queue, store, scorer, &rec, ops);
+            ops.monitor.scoring_ended();
+            done?;
             if !queue.start_forwarding(dest_ids)?.is_empty() {
                 notifies.iter().for_each(|n| n.notify_one());
             }
@@ -257,13 +409,14 @@ fn score_one(
     store: &Store,
     scorer: &dyn Scorer,
     rec: &SeriesRecord,
+    ops: &Ops,
 ) -> Result<(), QueueError> {
     let h = store::uid_hash(&rec.series_uid);
     let inputs = list_instances(&store.series_dir(&rec.study_uid, &rec.series_uid));
     let out = store
         .outbox_series_dir(&rec.study_uid, &rec.series_uid)
         .join(format!("v{}", rec.version));
-    info!(series = %h, version = rec.version, attempt = rec.scoring_attempts, instances = inputs.len(), "scoring");
+    info!(stage = "score", series_hash = %h, version = rec.version, attempt = rec.scoring_attempts, instances = inputs.len(), "scoring");
     let t = std::time::Instant::now();
     let end = if inputs.is_empty() {
         ScoringEnd::Failed {
@@ -273,20 +426,44 @@ fn score_one(
         scorer.score_into(&inputs, rec.version, &out)
     };
     let ms = t.elapsed().as_millis();
+    record_latencies(&ops.monitor, &out.join("result.json"), t.elapsed());
     match &end {
         ScoringEnd::Scored {
             agatston_total,
             results,
         } => {
-            info!(series = %h, version = rec.version, agatston = ?agatston_total, files = results.len(), ms, "scored")
+            info!(stage = "score", series_hash = %h, version = rec.version, agatston = ?agatston_total, files = results.len(), ms, "scored")
         }
-        ScoringEnd::Rejected { reason } => info!(series = %h, %reason, ms, "rejected"),
-        ScoringEnd::Failed { reason } => warn!(series = %h, %reason, ms, "scoring failed"),
+        ScoringEnd::Rejected { reason } => {
+            info!(stage = "score", series_hash = %h, %reason, ms, "rejected")
+        }
+        ScoringEnd::Failed { reason } => {
+            warn!(stage = "score", series_hash = %h, %reason, ms, "scoring failed")
+        }
     }
-    if !queue.finish_scoring(&rec.series_uid, rec.generation, end)? {
-        info!(series = %h, "new instances arrived while scoring: result superseded");
+    if queue.finish_scoring(&rec.series_uid, rec.generation, end)? {
+        ops.report_result(&rec.series_uid, queue);
+    } else {
+        info!(stage = "score", series_hash = %h, "new instances arrived while scoring: result superseded");
     }
     Ok(())
+}
+
+/// Stage latencies of one scoring run: the pipeline's own timings from result.json, and the
+/// whole run as `total`.
+fn record_latencies(monitor: &Monitor, result_json: &std::path::Path, total: Duration) {
+    monitor.stage_latency("total", total.as_secs_f64());
+    let Ok(bytes) = std::fs::read(result_json) else {
+        return;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    if let Some(t) = v.get("timings_ms").and_then(|t| t.as_object()) {
+        for (stage, ms) in t {
+            if let Some(ms) = ms.as_f64() {
+                monitor.stage_latency(stage, ms / 1000.0);
+            }
+        }
+    }
 }
 
 async fn forward_loop(
@@ -295,6 +472,7 @@ async fn forward_loop(
     dest: Destination,
     notify: Arc<Notify>,
     mut shutdown: watch::Receiver<bool>,
+    monitor: Arc<Monitor>,
 ) {
     let id = dest.id();
     let opts = ScuOptions::from_config(&cfg);
@@ -324,19 +502,22 @@ async fn forward_loop(
             let attempt_no = d.attempts + 1;
             let attempt = match forward::store_files(&opts, &dest, &s.results).await {
                 Ok(()) => {
-                    info!(destination = %id, series = %h, version = d.version, attempt = attempt_no, files = s.results.len(), "delivered");
+                    monitor.forward_attempt(&id, true, true, None);
+                    info!(stage = "forward", destination = %id, series_hash = %h, version = d.version, attempt = attempt_no, files = s.results.len(), "delivered");
                     Attempt::Delivered
                 }
                 Err(SendError::Transient(error)) => {
+                    monitor.forward_attempt(&id, false, false, Some(error.clone()));
                     let wait = forward::backoff(initial, max, attempt_no);
-                    warn!(destination = %id, series = %h, attempt = attempt_no, retry_in_s = wait.as_secs_f64(), %error, "delivery failed (transient)");
+                    warn!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, retry_in_s = wait.as_secs_f64(), %error, "delivery failed (transient)");
                     Attempt::Transient {
                         error,
                         retry_at_ms: now_ms() + wait.as_millis() as u64,
                     }
                 }
                 Err(SendError::Permanent(error)) => {
-                    error!(destination = %id, series = %h, attempt = attempt_no, %error, "delivery failed (permanent); not retrying");
+                    monitor.forward_attempt(&id, false, true, Some(error.clone()));
+                    error!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, %error, "delivery failed (permanent); not retrying");
                     Attempt::Permanent { error }
                 }
             };
@@ -347,7 +528,9 @@ async fn forward_loop(
             })
             .await
             {
-                Ok(Ok(Some(state))) => info!(series = %h, ?state, "series state"),
+                Ok(Ok(Some(state))) => {
+                    info!(stage = "forward", series_hash = %h, ?state, "series state")
+                }
                 Ok(Ok(None)) => {}
                 Ok(Err(e)) => {
                     error!(error = %e, "queue write failed; the delivery will be retried")
@@ -444,7 +627,9 @@ pub fn pipeline_config(cfg: &Config) -> pipeline::PipelineConfig {
 }
 
 /// `cacd serve`: loads the pipeline, runs until SIGTERM/SIGINT, then shuts down gracefully.
-pub fn serve(cfg: Config, pipeline_cfg: &pipeline::PipelineConfig) -> anyhow::Result<()> {
+/// A start that fails (database, listener, status port) shows a fault on `led` before the
+/// error is returned; the kernel keeps a sysfs LED's pattern after the process exits.
+pub fn serve(cfg: Config, pipeline_cfg: &pipeline::PipelineConfig, led: Led) -> anyhow::Result<()> {
     use anyhow::Context;
     let pipeline_cfg = pipeline_cfg.clone();
     let factory: ScorerFactory = Box::new(move || {
@@ -457,9 +642,17 @@ pub fn serve(cfg: Config, pipeline_cfg: &pipeline::PipelineConfig) -> anyhow::Re
         .enable_all()
         .build()
         .context("starting the async runtime")?;
+    let fault_led = led.0.clone();
     rt.block_on(async move {
-        let daemon = start(cfg, factory).await?;
-        info!(dicom = %daemon.dicom_addr, "cacd serve running");
+        let daemon = match start_with(cfg, factory, led).await {
+            Ok(d) => d,
+            Err(e) => {
+                health::show_fault(&fault_led);
+                health::systemd::status(&format!("fault: {e}"));
+                return Err(e.into());
+            }
+        };
+        info!(dicom = %daemon.dicom_addr, status = %daemon.status_addr, "cacd serve running");
         wait_for_signal().await?;
         info!("signal received: stopping");
         daemon.shutdown().await;

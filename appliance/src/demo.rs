@@ -48,6 +48,9 @@ pub struct DemoArgs {
     /// Give up waiting for the result after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
+    /// After the summary, keep serve and its status page running until Ctrl-C.
+    #[arg(long)]
+    pub keep_serving: bool,
 }
 
 pub fn run(args: DemoArgs, pipeline_cfg: crate::pipeline::PipelineConfig) -> anyhow::Result<()> {
@@ -84,7 +87,7 @@ pub fn run(args: DemoArgs, pipeline_cfg: crate::pipeline::PipelineConfig) -> any
         .enable_all()
         .build()?;
     let truth = ph.truth.clone();
-    let outcome = rt.block_on(demo_loop(&root, &files, pipeline_cfg, args.timeout_s))?;
+    let (outcome, daemon) = rt.block_on(demo_loop(&root, &files, pipeline_cfg, args.timeout_s))?;
     println!();
     println!(
         "   Agatston (cacd)   {:>8.1}   risk {}   CAC-DRS {}",
@@ -97,6 +100,14 @@ pub fn run(args: DemoArgs, pipeline_cfg: crate::pipeline::PipelineConfig) -> any
     println!("   result.json       {}", outcome.result_json.display());
     println!("   results received  {}", outcome.received.display());
     println!("   status URL        http://{}/", outcome.status);
+    let keep_serving = args.keep_serving;
+    rt.block_on(async move {
+        if keep_serving {
+            println!("   serve and the status page keep running; Ctrl-C to stop");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        daemon.shutdown().await;
+    });
     if args.dir.is_none() {
         println!("   (temp folder removed; use --dir DIR to keep it)");
     }
@@ -117,7 +128,7 @@ async fn demo_loop(
     files: &[PathBuf],
     pipeline_cfg: crate::pipeline::PipelineConfig,
     timeout_s: u64,
-) -> anyhow::Result<DemoOutcome> {
+) -> anyhow::Result<(DemoOutcome, daemon::Daemon)> {
     // 2. The receiver standing in for a PACS.
     let received = root.join("received");
     std::fs::create_dir_all(&received)?;
@@ -149,7 +160,6 @@ async fn demo_loop(
         }],
         ..Config::default()
     };
-    let status = cfg.status.clone();
     // Load the models before anything listens, so a missing model is a clear error.
     let pipeline: Arc<dyn Scorer> =
         Arc::new(Pipeline::load(&pipeline_cfg).context("the scoring models cannot be loaded")?);
@@ -159,6 +169,8 @@ async fn demo_loop(
         "2. cacd serve listening on {} (AE CACD); receiver DEMO-PACS on 127.0.0.1:{recv_port}",
         d.dicom_addr
     );
+    let status = d.status_addr.to_string();
+    println!("   status page: http://{status}/");
 
     // 4. Send the study like a scanner would.
     let scu = ScuOptions {
@@ -200,8 +212,8 @@ async fn demo_loop(
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let store_ = d.store.clone();
-    d.shutdown().await;
     if rec.state != SeriesState::Delivered {
+        d.shutdown().await;
         bail!(
             "series ended {:?}: {}",
             rec.state,
@@ -218,14 +230,17 @@ async fn demo_loop(
         "4. scored (result version {}), {n} result objects delivered to DEMO-PACS",
         rec.version
     );
-    Ok(DemoOutcome {
-        agatston: r["agatston_total"].as_f64().unwrap_or(f64::NAN),
-        risk: r["risk_category"].as_str().unwrap_or("?").to_string(),
-        cac_drs: r["cac_drs"].as_str().unwrap_or("?").to_string(),
-        result_json,
-        received,
-        status,
-    })
+    Ok((
+        DemoOutcome {
+            agatston: r["agatston_total"].as_f64().unwrap_or(f64::NAN),
+            risk: r["risk_category"].as_str().unwrap_or("?").to_string(),
+            cac_drs: r["cac_drs"].as_str().unwrap_or("?").to_string(),
+            result_json,
+            received,
+            status,
+        },
+        d,
+    ))
 }
 
 /// A minimal Storage SCP for the result classes that writes each object to `dir`.

@@ -16,14 +16,17 @@ pub mod forward;
 pub mod fsutil;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;
+pub mod health;
 pub mod infer;
 pub mod phantom;
 pub mod pipeline;
 pub mod preprocess;
 pub mod queue;
 pub mod receive;
+pub mod reports;
 pub mod result;
 pub mod score;
+pub mod status;
 pub mod store;
 pub mod train_data;
 pub mod volume;

@@ -72,7 +72,17 @@ struct ServeArgs {
 
 fn serve(a: ServeArgs) -> Result<()> {
     let mut cfg = match &a.config {
-        Some(path) => cacd::config::Config::load(path)?,
+        Some(path) => match cacd::config::Config::load(path) {
+            Ok(c) => c,
+            Err(e) => {
+                // Invalid config: the LED shows a fault (as far as its own section is readable).
+                let (led, _, _) =
+                    cacd::health::led_or_sim(&cacd::health::led_config_of_broken_file(path));
+                cacd::health::show_fault(&led);
+                cacd::health::systemd::status(&format!("fault: {e}"));
+                return Err(e.into());
+            }
+        },
         None => cacd::config::Config::default(),
     };
     if let Some(v) = a.listen {
@@ -92,15 +102,19 @@ fn serve(a: ServeArgs) -> Result<()> {
             cfg.destinations.push(d);
         }
     }
+    let led = cacd::health::led_or_sim(&cfg.led);
     let problems = cfg.problems();
     if !problems.is_empty() {
-        anyhow::bail!("invalid settings: {}", problems.join("; "));
+        cacd::health::show_fault(&led.0);
+        let e = format!("invalid settings: {}", problems.join("; "));
+        cacd::health::systemd::status(&format!("fault: {e}"));
+        anyhow::bail!(e);
     }
     for w in cfg.warnings() {
         tracing::warn!("config: {w}");
     }
     let pipeline = cacd::daemon::pipeline_config(&cfg);
-    cacd::daemon::serve(cfg, &pipeline)
+    cacd::daemon::serve(cfg, &pipeline, led)
 }
 
 fn check_config(file: &std::path::Path) -> Result<()> {
@@ -127,9 +141,32 @@ fn check_config(file: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
+/// Logs to journald when systemd started us with the journal as our output (JOURNAL_STREAM),
+/// with every event field as a journal field (`stage` → STAGE, `series_hash` → SERIES_HASH);
+/// to stderr otherwise. tracing-journald rather than systemd-journal-logger: every module logs
+/// through `tracing` with structured fields, and this layer keeps those fields as journal
+/// fields, where a `log` logger would get them flattened into the message.
 fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("CACD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || EnvFilter::try_from_env("CACD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        if let Ok(layer) = tracing_journald::layer() {
+            let layer = layer
+                .with_field_prefix(None)
+                .with_syslog_identifier("cacd".into());
+            if tracing_subscriber::registry()
+                .with(filter())
+                .with(layer)
+                .try_init()
+                .is_ok()
+            {
+                return;
+            }
+        }
+    }
+    let filter = filter();
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -182,6 +182,11 @@ impl Queue {
         Ok(q)
     }
 
+    /// The database, shared with the report outbox (its own tables in the same file).
+    pub fn database(&self) -> Arc<Database> {
+        self.db.clone()
+    }
+
     /// Runs `f` in one durable write transaction over the three tables.
     fn write<R>(
         &self,

@@ -269,6 +269,7 @@ where
                 buf.append(&mut data);
             }
             (PDataValueType::Data, Pending::Data { pc: p, buf, .. }) if *p == pc => {
+                self.rx.monitor.bytes_received(data.len());
                 buf.append(&mut data);
                 if buf.len() >= FLUSH_BYTES && !is_last {
                     self.flush().await;
@@ -466,6 +467,9 @@ where
         match done {
             Ok(Ok(rec)) => {
                 self.stored += 1;
+                if rec == Recorded::New {
+                    self.rx.monitor.instance_stored();
+                }
                 debug!(instance = %h, ?rec, "instance stored");
                 (status::SUCCESS, None)
             }

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Semaphore};
 use tracing::{info, warn};
 
 use crate::config::{secs, Config};
+use crate::health::Monitor;
 use crate::queue::Queue;
 use crate::store::Store;
 
@@ -73,17 +74,25 @@ pub struct Receiver {
     pub cfg: Arc<Config>,
     pub store: Store,
     pub queue: Queue,
+    /// Counts associations, instances and bytes for the status port.
+    pub monitor: Arc<Monitor>,
     transfer_syntaxes: Vec<String>,
     tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Receiver {
-    pub fn new(cfg: Arc<Config>, store: Store, queue: Queue) -> Result<Receiver, ReceiveError> {
+    pub fn new(
+        cfg: Arc<Config>,
+        store: Store,
+        queue: Queue,
+        monitor: Arc<Monitor>,
+    ) -> Result<Receiver, ReceiveError> {
         let tls = tls::server_config(&cfg.tls)?;
         Ok(Receiver {
             cfg,
             store,
             queue,
+            monitor,
             transfer_syntaxes: accepted_transfer_syntaxes(),
             tls,
         })
@@ -145,7 +154,9 @@ pub async fn run(
                 let rx = rx.clone();
                 let shutdown = shutdown.clone();
                 tokio::spawn(async move {
+                    rx.monitor.association_started();
                     association::run(socket, peer, &rx, shutdown).await;
+                    rx.monitor.association_ended();
                     drop(permit);
                 });
             }
