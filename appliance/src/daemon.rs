@@ -5,7 +5,8 @@
 //!   heavy, never on the receive path) and hands results to forwarding;
 //! - one forwarding task per destination sends due deliveries, so one PACS that is down does
 //!   not hold up another;
-//! - housekeeping prunes delivered series after the retention period;
+//! - housekeeping prunes delivered series after the retention period, and for space when the
+//!   disk is under the receive watermark (`housekeeping`);
 //! - field operations: the health loop (status LED, systemd READY/STATUS/WATCHDOG), the status
 //!   port, and the report outbox with its sender and heartbeats (see `health`, `status`,
 //!   `reports`).
@@ -28,6 +29,7 @@ use crate::health::{self, Monitor, SharedLed, State};
 use crate::pipeline::{self, Outcome, Pipeline};
 use crate::queue::{now_ms, Attempt, Queue, QueueError, ScoringEnd, SeriesRecord};
 use crate::receive::{self, Receiver};
+pub use crate::housekeeping::prune;
 use crate::reports::{self, Outbox, ReportError};
 use crate::result::ModelInfo;
 use crate::status::{self, StatusCtx};
@@ -567,30 +569,19 @@ async fn housekeeping_loop(
             Ok(Err(e)) => warn!(error = %e, "housekeeping failed"),
             Err(_) => {}
         }
-    }
-}
-
-/// Removes delivered series older than `retention` (instances and results); never anything
-/// undelivered. Returns how many series went.
-pub fn prune(queue: &Queue, store: &Store, retention: Duration) -> Result<usize, QueueError> {
-    let mut n = 0;
-    for rec in queue.prunable(retention)? {
-        let series_dir = store.series_dir(&rec.study_uid, &rec.series_uid);
-        let outbox = store.outbox_series_dir(&rec.study_uid, &rec.series_uid);
-        let _ = std::fs::remove_dir_all(&series_dir);
-        let _ = std::fs::remove_dir_all(&outbox);
-        // Study folders go when their last series went.
-        for dir in [
-            store.study_dir(&rec.study_uid),
-            outbox.parent().map(PathBuf::from).unwrap_or_default(),
-        ] {
-            let _ = std::fs::remove_dir(dir);
-        }
-        if queue.remove_series(&rec.series_uid)? {
-            n += 1;
+        // Make room before a sender meets a refusal (receive also does this on demand).
+        let (q, s, r) = (queue.clone(), store.clone(), cfg.receive.clone());
+        let pruned = tokio::task::spawn_blocking(move || {
+            crate::housekeeping::prune_for_space(&q, &s, r.min_free_bytes, r.min_free_percent)
+        })
+        .await;
+        match pruned {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => info!(series = n, "pruned delivered series: free space under the watermark"),
+            Ok(Err(e)) => warn!(error = %e, "housekeeping failed"),
+            Err(_) => {}
         }
     }
-    Ok(n)
 }
 
 /// Maps `[pipeline]` onto the pipeline's own settings (defaults for keys not given).

@@ -17,6 +17,7 @@ pub mod fsutil;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;
 pub mod health;
+pub mod housekeeping;
 pub mod infer;
 pub mod phantom;
 pub mod pipeline;

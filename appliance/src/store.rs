@@ -8,6 +8,7 @@
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
@@ -71,6 +72,10 @@ pub fn sanitize_uid(uid: &str) -> String {
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// Admitting an instance (duplicate check, rename into place, queue record) holds this
+    /// shared; pruning holds it exclusively, so a delivered series is never removed while an
+    /// instance of it is being admitted (it would be acknowledged and then deleted).
+    admission: Arc<RwLock<()>>,
 }
 
 /// An instance whose bytes are being written to a temp file.
@@ -96,6 +101,7 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let store = Store {
             root: data_dir.to_path_buf(),
+            admission: Arc::new(RwLock::new(())),
         };
         for dir in [store.studies_dir(), store.tmp_dir(), store.outbox_dir()] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -109,6 +115,16 @@ impl Store {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Held while one instance is admitted (see the `admission` field).
+    pub fn admitting(&self) -> RwLockReadGuard<'_, ()> {
+        self.admission.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Held while series are pruned; no instance is admitted meanwhile.
+    pub fn pruning(&self) -> RwLockWriteGuard<'_, ()> {
+        self.admission.write().unwrap_or_else(|e| e.into_inner())
     }
     pub fn studies_dir(&self) -> PathBuf {
         self.root.join("studies")

@@ -80,3 +80,31 @@ fn prune_removes_old_delivered_series_and_never_anything_undelivered() {
     assert_eq!(prune(&q, &store, Duration::ZERO).unwrap(), 0);
     assert!(receiving.join("1.dcm").exists());
 }
+
+#[test]
+fn prune_for_space_removes_delivered_series_only_while_the_disk_is_short() {
+    use cacd::housekeeping::prune_for_space;
+    let tmp = tempfile::tempdir().unwrap();
+    let q = Queue::open(tmp.path()).unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let (a_in, _) = delivered(&q, &store, "1.2.4", "1.2.4.1");
+    std::thread::sleep(Duration::from_millis(5));
+    let (b_in, _) = delivered(&q, &store, "1.2.5", "1.2.5.1");
+    q.record_instance("1.2.6", "1.2.6.1", "1.2.6.1.1").unwrap();
+    let receiving = store.series_dir("1.2.6", "1.2.6.1");
+    files_in(&receiving, &["1.dcm"]);
+
+    // Room under the watermark: nothing goes, however old.
+    assert_eq!(prune_for_space(&q, &store, 0, 0.0).unwrap(), 0);
+    assert!(a_in.exists() && b_in.exists());
+
+    // A watermark no disk meets: every delivered series goes, the undelivered one stays.
+    assert_eq!(prune_for_space(&q, &store, u64::MAX, 0.0).unwrap(), 2);
+    assert!(!a_in.exists() && !b_in.exists());
+    assert!(receiving.join("1.dcm").exists(), "undelivered series kept");
+    assert_eq!(
+        q.series("1.2.6.1").unwrap().unwrap().state,
+        SeriesState::Receiving
+    );
+    assert_eq!(prune_for_space(&q, &store, u64::MAX, 0.0).unwrap(), 0);
+}

@@ -371,6 +371,16 @@ where
                 return Ok(None);
             }
             if !store.has_room(min_bytes, min_pct) {
+                // Old delivered studies go before a sender is refused.
+                match crate::housekeeping::prune_for_space(&queue, &store, min_bytes, min_pct) {
+                    Ok(n) if n > 0 => {
+                        info!(series = n, "pruned delivered series to make room")
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!(error = %e, "pruning for space failed"),
+                }
+            }
+            if !store.has_room(min_bytes, min_pct) {
                 return Err(StoreError::Io {
                     path: store.root().display().to_string(),
                     source: std::io::Error::other("free space under the configured watermark"),
@@ -446,6 +456,7 @@ where
         let done = tokio::task::spawn_blocking(move || {
             inc.write(&buf).map_err(Failure::Store)?;
             let staged = inc.finish().map_err(Failure::Store)?;
+            let _admitting = store.admitting();
             if queue
                 .has_instance(&staged.sop_instance_uid)
                 .map_err(Failure::Queue)?

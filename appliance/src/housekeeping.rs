@@ -1,0 +1,66 @@
+//! Housekeeping: frees disk by removing delivered series (instances and results) — after the
+//! retention period, and oldest-delivered first whenever free space falls under the receive
+//! watermark, so a full disk costs old, already delivered studies before it costs a refusal.
+//! Nothing undelivered is ever removed.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::queue::{Queue, QueueError, SeriesRecord, SeriesState};
+use crate::store::Store;
+
+/// Removes delivered series older than `retention`. Returns how many series went.
+pub fn prune(queue: &Queue, store: &Store, retention: Duration) -> Result<usize, QueueError> {
+    let _no_admissions = store.pruning();
+    let mut n = 0;
+    for rec in queue.prunable(retention)? {
+        n += usize::from(remove_delivered(queue, store, &rec)?);
+    }
+    Ok(n)
+}
+
+/// Removes delivered series, the longest-delivered first, until the store has room under the
+/// watermark or none is left. Returns how many series went.
+pub fn prune_for_space(
+    queue: &Queue,
+    store: &Store,
+    min_free_bytes: u64,
+    min_free_percent: f64,
+) -> Result<usize, QueueError> {
+    if store.has_room(min_free_bytes, min_free_percent) {
+        return Ok(0);
+    }
+    let _no_admissions = store.pruning();
+    let mut delivered = queue.prunable(Duration::ZERO)?;
+    delivered.sort_by_key(|r| r.delivered_ms);
+    let mut n = 0;
+    for rec in delivered {
+        if store.has_room(min_free_bytes, min_free_percent) {
+            break;
+        }
+        n += usize::from(remove_delivered(queue, store, &rec)?);
+    }
+    Ok(n)
+}
+
+/// Files first, then the queue record: a crash in between leaves a delivered record without
+/// files, which the next prune removes, rather than files no record points to. The caller holds
+/// `Store::pruning`, so the state read here cannot change before the record goes.
+fn remove_delivered(queue: &Queue, store: &Store, rec: &SeriesRecord) -> Result<bool, QueueError> {
+    match queue.series(&rec.series_uid)? {
+        Some(cur) if cur.state == SeriesState::Delivered => {}
+        _ => return Ok(false),
+    }
+    let series_dir = store.series_dir(&rec.study_uid, &rec.series_uid);
+    let outbox = store.outbox_series_dir(&rec.study_uid, &rec.series_uid);
+    let _ = std::fs::remove_dir_all(&series_dir);
+    let _ = std::fs::remove_dir_all(&outbox);
+    // Study folders go when their last series went (remove_dir refuses a non-empty one).
+    for dir in [
+        store.study_dir(&rec.study_uid),
+        outbox.parent().map(PathBuf::from).unwrap_or_default(),
+    ] {
+        let _ = std::fs::remove_dir(dir);
+    }
+    queue.remove_series(&rec.series_uid)
+}
