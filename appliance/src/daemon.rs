@@ -26,10 +26,10 @@ use tracing::{error, info, warn};
 use crate::config::{secs, Config, Destination};
 use crate::forward::{self, ScuOptions, SendError};
 use crate::health::{self, Monitor, SharedLed, State};
+pub use crate::housekeeping::prune;
 use crate::pipeline::{self, Outcome, Pipeline};
 use crate::queue::{now_ms, Attempt, Queue, QueueError, ScoringEnd, SeriesRecord};
 use crate::receive::{self, Receiver};
-pub use crate::housekeeping::prune;
 use crate::reports::{self, Outbox, ReportError};
 use crate::result::ModelInfo;
 use crate::status::{self, StatusCtx};
@@ -577,7 +577,10 @@ async fn housekeeping_loop(
         .await;
         match pruned {
             Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(series = n, "pruned delivered series: free space under the watermark"),
+            Ok(Ok(n)) => info!(
+                series = n,
+                "pruned delivered series: free space under the watermark"
+            ),
             Ok(Err(e)) => warn!(error = %e, "housekeeping failed"),
             Err(_) => {}
         }
