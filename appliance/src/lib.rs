@@ -19,6 +19,7 @@ pub mod gpu;
 pub mod health;
 pub mod housekeeping;
 pub mod infer;
+pub mod lengths;
 pub mod phantom;
 pub mod pipeline;
 pub mod preprocess;

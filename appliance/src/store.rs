@@ -84,6 +84,9 @@ pub struct Incoming {
     file: BufWriter<File>,
     sop_class_uid: String,
     sop_instance_uid: String,
+    transfer_syntax: String,
+    /// Where the dataset starts (after the preamble and the file meta group).
+    dataset_offset: u64,
 }
 
 /// An instance checked and fsynced in its temp file, ready to be moved into place.
@@ -177,17 +180,20 @@ impl Store {
             rand::random::<u64>()
         );
         let path = self.tmp_dir().join(unique);
+        let mut head = vec![0u8; 128];
+        head.extend_from_slice(b"DICM");
+        meta.write(&mut head)
+            .map_err(|e| StoreError::Invalid(format!("file meta: {e}")))?;
         let file = File::create(&path).map_err(io(&path))?;
         let mut file = BufWriter::with_capacity(256 * 1024, file);
-        file.write_all(&[0u8; 128]).map_err(io(&path))?;
-        file.write_all(b"DICM").map_err(io(&path))?;
-        meta.write(&mut file)
-            .map_err(|e| StoreError::Invalid(format!("file meta: {e}")))?;
+        file.write_all(&head).map_err(io(&path))?;
         Ok(Incoming {
             path,
             file,
             sop_class_uid,
             sop_instance_uid,
+            transfer_syntax: transfer_syntax.trim_end_matches(['\0', ' ']).to_string(),
+            dataset_offset: head.len() as u64,
         })
     }
 
@@ -252,6 +258,8 @@ impl Incoming {
             file,
             sop_class_uid,
             sop_instance_uid,
+            transfer_syntax,
+            dataset_offset,
         } = self;
         let result = (|| {
             let file = file.into_inner().map_err(|e| StoreError::Io {
@@ -260,6 +268,7 @@ impl Incoming {
             })?;
             file.sync_all().map_err(io(&path))?;
             drop(file);
+            check_lengths(&path, dataset_offset, &transfer_syntax)?;
             check_instance(&path, &sop_class_uid, &sop_instance_uid)
         })();
         match result {
@@ -283,6 +292,30 @@ impl Staged {
         let _ = fs::remove_file(&self.tmp);
     }
 }
+
+/// Deflated datasets are inflated for the walk; this caps what a small deflate bomb can make
+/// the walk read (a CT instance is a few MB; an Enhanced CT series a few hundred).
+const MAX_INFLATED: u64 = 4 << 30;
+
+/// Every declared length must fit before the dataset is parsed (see `lengths`).
+fn check_lengths(path: &Path, offset: u64, transfer_syntax: &str) -> Result<(), StoreError> {
+    use std::io::{BufReader, Read, Seek, SeekFrom};
+    let mut f = File::open(path).map_err(io(path))?;
+    f.seek(SeekFrom::Start(offset)).map_err(io(path))?;
+    let r = BufReader::with_capacity(64 * 1024, f);
+    let invalid = |e: crate::lengths::LengthError| StoreError::Invalid(format!("dataset: {e}"));
+    if transfer_syntax == DEFLATED_EXPLICIT_LE {
+        let mut inflated = flate2::read::DeflateDecoder::new(r).take(MAX_INFLATED);
+        crate::lengths::check(&mut inflated, crate::lengths::Encoding::of(transfer_syntax))
+            .map_err(invalid)
+    } else {
+        let mut r = r;
+        crate::lengths::check(&mut r, crate::lengths::Encoding::of(transfer_syntax))
+            .map_err(invalid)
+    }
+}
+
+const DEFLATED_EXPLICIT_LE: &str = "1.2.840.10008.1.2.1.99";
 
 fn check_instance(
     path: &Path,

@@ -49,6 +49,42 @@ fn transfer_syntax(path: &Path) -> String {
         .to_string()
 }
 
+/// The daemon's store admits each file as a sender would put it on the wire: the dataset bytes
+/// after the file meta group, in the file's transfer syntax (the store's length walk and parse
+/// must accept every syntax the assembler decodes).
+fn store_admits(files: &[PathBuf]) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = cacd::store::Store::open(dir.path()).unwrap();
+    for f in files {
+        let bytes = std::fs::read(f).unwrap();
+        assert_eq!(&bytes[128..132], b"DICM");
+        // (0002,0000) UL group length, explicit VR LE: 12 bytes from offset 132.
+        let group = u32::from_le_bytes(bytes[140..144].try_into().unwrap()) as usize;
+        let dataset = &bytes[144 + group..];
+        let obj = dicom_object::OpenFileOptions::new()
+            .read_until(tags::PIXEL_DATA)
+            .open_file(f)
+            .unwrap();
+        let m = obj.meta();
+        let mut inc = store
+            .begin(
+                m.media_storage_sop_class_uid(),
+                m.media_storage_sop_instance_uid(),
+                m.transfer_syntax(),
+            )
+            .unwrap();
+        inc.write(dataset).unwrap();
+        match inc.finish() {
+            Ok(staged) => staged.discard(),
+            Err(e) => panic!(
+                "the store refused {} ({}): {e}",
+                f.display(),
+                m.transfer_syntax()
+            ),
+        }
+    }
+}
+
 /// A series with signed 16-bit samples spanning air to dense bone, so codecs see negative values.
 fn signed_series(uid: &str) -> Series {
     let mut s = Series::new(uid);
@@ -74,6 +110,7 @@ fn lossless_case(tool: &str, args: &[&str], expect_ts: &str, series: Series) {
     );
     let v = assemble_paths(&out).unwrap_or_else(|e| panic!("{tool}: {}", e.reason()));
     assert_eq!(v.hu, series.hu(), "{tool} {args:?}: HU differ");
+    store_admits(&out);
 }
 
 #[test]
@@ -231,5 +268,6 @@ fn enhanced_ct_multiframe_compressed() {
         let v = assemble_paths(&out).unwrap_or_else(|e| panic!("{tool}: {}", e.reason()));
         assert_eq!(v.hu, series.hu(), "{tool}: HU differ");
         assert_eq!(v.source_frames, (1..=17).rev().collect::<Vec<u32>>());
+        store_admits(&out);
     }
 }
