@@ -127,6 +127,9 @@ pub struct PipelineSection {
     pub gpu_preprocess: Option<bool>,
     /// `tensorrt`: let TensorRT run float layers at half precision (default true).
     pub fp16: Option<bool>,
+    /// A series whose scoring a crash interrupted this many times is failed (default 3):
+    /// the guard against a study that crashes the scorer every time.
+    pub max_scoring_attempts: Option<u32>,
 }
 
 /// Which status LED drives the box's front panel (see README "Status LED").
@@ -487,6 +490,9 @@ impl Config {
         }
         if self.pipeline.threads == Some(0) {
             p.push("pipeline.threads: must be at least 1".into());
+        }
+        if self.pipeline.max_scoring_attempts == Some(0) {
+            p.push("pipeline.max_scoring_attempts: must be at least 1".into());
         }
         for (i, peer) in self.peers.iter().enumerate() {
             if let Err(e) = check_ae(&format!("peer[{i}].ae"), &peer.ae) {

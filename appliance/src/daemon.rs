@@ -157,7 +157,11 @@ pub async fn start_with(
     health::show(&monitor, &led, State::Booting, led_error.clone());
     health::systemd::status("booting: opening the database");
     let store = Store::open(&cfg.data_dir)?;
-    let queue = Queue::open(&cfg.data_dir)?;
+    let queue = Queue::open(&cfg.data_dir)?.with_max_scoring_attempts(
+        cfg.pipeline
+            .max_scoring_attempts
+            .unwrap_or(crate::queue::MAX_SCORING_ATTEMPTS),
+    );
     let counts = queue.counts()?;
     monitor.db_open.store(true, Ordering::SeqCst);
     info!(data = %cfg.data_dir.display(), ?counts, "queue opened; resuming");

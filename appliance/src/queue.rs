@@ -17,7 +17,10 @@ const SERIES: TableDefinition<&str, &str> = TableDefinition::new("series");
 const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
 const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("deliveries");
 
-/// A series that crashed the scorer this many times is failed rather than retried forever.
+/// A series whose scoring was cut short by a crash this many times is failed rather than
+/// retried forever (a study that crashes the scorer must not crash-loop the box). The daemon
+/// cannot tell such a crash from a power cut or a SIGKILL from outside, so each counts; see
+/// RELIABILITY.md. `pipeline.max_scoring_attempts` changes it.
 pub const MAX_SCORING_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -137,6 +140,7 @@ pub enum ScoringEnd {
 #[derive(Clone)]
 pub struct Queue {
     db: Arc<Database>,
+    max_scoring_attempts: u32,
 }
 
 pub fn now_ms() -> u64 {
@@ -176,10 +180,19 @@ impl Queue {
     /// Opens (creating) `data_dir/queue.redb`.
     pub fn open(data_dir: &Path) -> Result<Queue, QueueError> {
         let db = Database::create(data_dir.join("queue.redb"))?;
-        let q = Queue { db: Arc::new(db) };
+        let q = Queue {
+            db: Arc::new(db),
+            max_scoring_attempts: MAX_SCORING_ATTEMPTS,
+        };
         // Create the tables so read transactions never meet a missing one.
         q.write(|_, _, _| Ok(()))?;
         Ok(q)
+    }
+
+    /// How many interrupted scoring runs fail a series (default [`MAX_SCORING_ATTEMPTS`]).
+    pub fn with_max_scoring_attempts(mut self, n: u32) -> Queue {
+        self.max_scoring_attempts = n.max(1);
+        self
     }
 
     /// The database, shared with the report outbox (its own tables in the same file).
@@ -366,6 +379,7 @@ impl Queue {
             .into_iter()
             .filter(|r| matches!(r.state, SeriesState::Scoring | SeriesState::Complete))
             .collect();
+        let max_attempts = self.max_scoring_attempts;
         // Interrupted runs first, then in order of arrival.
         candidates.sort_by_key(|r| (r.state != SeriesState::Scoring, r.last_instance_ms));
         for c in candidates {
@@ -378,11 +392,10 @@ impl Queue {
                         cur.version += 1;
                         cur.scoring_attempts = 1;
                     }
-                    SeriesState::Scoring if cur.scoring_attempts >= MAX_SCORING_ATTEMPTS => {
+                    SeriesState::Scoring if cur.scoring_attempts >= max_attempts => {
                         cur.state = SeriesState::Failed;
-                        cur.reason = Some(format!(
-                            "scoring did not finish in {MAX_SCORING_ATTEMPTS} attempts"
-                        ));
+                        cur.reason =
+                            Some(format!("scoring did not finish in {max_attempts} attempts"));
                         Self::put_series(series, &mut cur)?;
                         return Ok(None);
                     }

@@ -116,8 +116,9 @@ pub(super) async fn run(
 
 /// Where the dataset of the C-STORE in progress goes.
 enum Sink {
-    /// Streaming into a temp file (taken out while a blocking write runs).
-    File(Option<Incoming>),
+    /// Streaming into a temp file (taken out while a blocking write runs). Boxed: the open
+    /// instance is large next to the other variants.
+    File(Option<Box<Incoming>>),
     /// Already stored earlier: read and drop, answer success.
     Duplicate,
     /// Refused before any byte was stored: read and drop, answer this status.
@@ -390,7 +391,7 @@ where
         })
         .await;
         match opened {
-            Ok(Ok(Some(inc))) => Sink::File(Some(inc)),
+            Ok(Ok(Some(inc))) => Sink::File(Some(Box::new(inc))),
             Ok(Ok(None)) => Sink::Duplicate,
             Ok(Err(e @ StoreError::Io { .. })) => {
                 warn!(peer = %self.peer, instance = %h, error = %e, "refusing C-STORE: cannot write");
@@ -420,8 +421,7 @@ where
         let chunk = std::mem::take(buf);
         let done = tokio::task::spawn_blocking(move || match inc.write(&chunk) {
             Ok(()) => Ok(inc),
-            // Boxed: the half-written instance is large and this is the rare path.
-            Err(e) => Err((e, Box::new(inc))),
+            Err(e) => Err((e, inc)),
         })
         .await;
         match done {
@@ -450,7 +450,7 @@ where
             }
             Sink::Refuse(code, why) => return (code, Some(why)),
             Sink::File(None) => return (status::OUT_OF_RESOURCES, Some("write failed".into())),
-            Sink::File(Some(inc)) => inc,
+            Sink::File(Some(inc)) => *inc,
         };
         let (store, queue) = (self.rx.store.clone(), self.rx.queue.clone());
         let done = tokio::task::spawn_blocking(move || {

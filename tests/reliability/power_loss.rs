@@ -1,0 +1,127 @@
+//! Power loss: the data directory is on a loop-mounted ext4 image. At a random moment while a
+//! series is being received and scored, the image file is copied as it stands — what reached
+//! the "disk" and nothing of the page cache, which a power cut loses — and the daemon is killed.
+//! The copy is mounted (ext4 replays its journal), the daemon starts on it: the redb database
+//! must open, every instance acknowledged before the cut must be there, and once the scanner
+//! resends, the series is delivered.
+//!
+//! The daemon is frozen (SIGSTOP) for the copy, so nothing is acknowledged after the instant
+//! of the cut; the file system stays live, as a power cut would find it; the ext4
+//! mount uses `commit=300` so that only what cacd fsyncs is forced to the image in the seconds
+//! the test runs (the kernel's own write-back, 30 s by default, rarely fires that soon).
+
+use std::collections::BTreeSet;
+use std::process::Command;
+use std::time::Duration;
+
+use cacd::queue::SeriesState;
+use cacd_e2e::*;
+
+use crate::support::*;
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+#[test]
+fn power_cut_on_a_loop_mounted_ext4_keeps_every_acknowledged_instance() {
+    let _serial = serial();
+    if no_models() {
+        return;
+    }
+    let mut rng = Rng::new(seed("power_loss"));
+    let cycles = rounds(2, 12);
+    let tmp = tempfile::tempdir().unwrap();
+    for cycle in 0..cycles {
+        let dir = tmp.path().join(format!("cycle-{cycle}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("disk.img");
+        let image_s = image.to_str().unwrap();
+        assert!(sh(&["truncate", "-s", "400M", image_s]));
+        if !sh(&["/usr/sbin/mkfs.ext4", "-q", "-F", image_s]) {
+            eprintln!("skipped: mkfs.ext4 failed");
+            return;
+        }
+        let Some(mut live) = Mount::new(&dir.join("live"), &["-o", "loop,commit=300", image_s])
+        else {
+            return;
+        };
+        let data = live.dir.join("data");
+        let (port, status, recv_port) = (free_port(), free_port(), free_port());
+        let cfg = config(&dir, &data, port, status, &[("RECV", recv_port)], "", "");
+        let files = dicom_files(&phantom(&dir, 4300 + cycle as u64, 80));
+        let serve = Serve::start(&cfg, port, &data);
+        let sender = {
+            let files = files.clone();
+            std::thread::spawn(move || send(port, &files))
+        };
+        // Even cycles cut while the series is arriving, odd ones while it is scored and sent.
+        let at = if cycle % 2 == 0 {
+            20 + rng.below(400)
+        } else {
+            1500 + rng.below(5000)
+        };
+        std::thread::sleep(Duration::from_millis(at));
+
+        // The cut: freeze the process (no acknowledgement after this instant), copy the image
+        // as it stands, then kill.
+        assert!(sh(&["kill", "-STOP", &serve.child.id().to_string()]));
+        let snapshot = dir.join("after-cut.img");
+        assert!(sh(&[
+            "cp",
+            "--sparse=always",
+            image_s,
+            snapshot.to_str().unwrap()
+        ]));
+        serve.kill();
+        let sent = sender.join().unwrap();
+        let acked: BTreeSet<String> = sent.acked.iter().map(|f| sop_uid(f)).collect();
+        live.unmount();
+
+        // Power back: the copy is the disk.
+        let Some(after) = Mount::new(
+            &dir.join("after"),
+            &["-o", "loop", snapshot.to_str().unwrap()],
+        ) else {
+            return;
+        };
+        let data = after.dir.join("data");
+        let cfg = config(&dir, &data, port, status, &[("RECV", recv_port)], "", "");
+        let receiver = Receiver::start(recv_port, &dir.join("received"));
+        // Serve::start fails the test if the daemon cannot open its database and exits.
+        let serve = Serve::start(&cfg, port, &data);
+        let on_disk = stored_uids(&data);
+        let lost: Vec<_> = acked.difference(&on_disk).collect();
+        assert!(
+            lost.is_empty(),
+            "cycle {cycle}: {} of {} acknowledged instances lost",
+            lost.len(),
+            acked.len()
+        );
+        let resent = send(port, &files);
+        assert!(resent.refused.is_empty(), "{:?}", resent.refused);
+        assert!(
+            wait_until(Duration::from_secs(300), || delivered(status) == 1),
+            "cycle {cycle}: not delivered after the power came back"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        serve.terminate();
+        assert_eq!(states(&data), vec![SeriesState::Delivered]);
+        assert_eq!(stored_uids(&data).len(), files.len());
+        let copies = receiver.copies();
+        assert!(final_result_uids(&data)
+            .iter()
+            .all(|u| copies.contains_key(u)));
+        eprintln!(
+            "power_loss cycle {cycle}: cut at {at} ms; {} of {} instances acknowledged before \
+             the cut, all present after it; {} on the image unacknowledged",
+            acked.len(),
+            files.len(),
+            on_disk.len() - acked.len().min(on_disk.len())
+        );
+        drop(after);
+    }
+}
