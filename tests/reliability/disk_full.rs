@@ -69,6 +69,20 @@ fn full_disk_refuses_keeps_what_it_accepted_prunes_delivered_first_and_recovers(
         echo(port),
         "the daemon stops answering when the disk is full"
     );
+    // The technician sees it: health and the status LED degraded, the reason named.
+    assert!(
+        wait_until(Duration::from_secs(15), || status_json(status).is_some_and(
+            |v| {
+                v["health"]["state"] == "degraded"
+                    && v["led"]["state"] == "degraded"
+                    && v["health"]["reasons"]
+                        .to_string()
+                        .contains("receive watermark")
+            }
+        )),
+        "a full disk is not shown: {:?}",
+        status_json(status).map(|v| (v["health"].clone(), v["led"]["state"].clone()))
+    );
     assert!(serve.log_contains("free space under the configured watermark"));
     let phase1 = (acked.len(), refused);
 
