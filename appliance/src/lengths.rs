@@ -19,6 +19,8 @@ pub enum LengthError {
     TruncatedHeader,
     #[error("sequences nested deeper than {MAX_DEPTH}")]
     TooDeep,
+    #[error("not a DICOM Part 10 file (no DICM, or no file meta group)")]
+    NotPart10,
     #[error("unexpected delimiter ({0:04X},{1:04X})")]
     UnexpectedDelimiter(u16, u16),
     #[error("reading the dataset: {0}")]
@@ -51,14 +53,130 @@ impl Encoding {
     }
 }
 
-/// Walks the whole dataset in `r`: every defined length must fit in the bytes that follow,
-/// every undefined-length sequence and item must be closed.
+/// Walks the whole dataset in `r`: every defined length must fit in the bytes that follow
+/// and in the sequence or item that holds it, every undefined-length sequence and item must be
+/// closed.
 pub fn check(r: &mut impl Read, enc: Encoding) -> Result<(), LengthError> {
-    let mut w = Walker { r, enc };
-    match w.elements(0, End::Eof)? {
+    let mut w = Walker { r, enc, pos: 0 };
+    match w.elements(0, End::Eof, None)? {
         Ended::Eof => Ok(()),
         Ended::Delimiter(t) => Err(LengthError::UnexpectedDelimiter(t.0, t.1)),
+        Ended::Bound => Ok(()),
     }
+}
+
+/// The same walk over a DICOM file on disk (preamble, `DICM`, file meta group, dataset), for
+/// files read by `cacd score` and the assembler rather than received.
+pub fn check_file(path: &std::path::Path) -> Result<(), LengthError> {
+    let f = std::fs::File::open(path)?;
+    let size = f.metadata()?.len();
+    let mut r = io::BufReader::with_capacity(64 * 1024, f);
+    // With the 128-byte preamble, or without it (dicom-rs accepts both).
+    let mut magic = [0u8; 4];
+    r.read_exact(&mut magic)
+        .map_err(|_| LengthError::TruncatedHeader)?;
+    let mut meta_at = 4u64;
+    if &magic != b"DICM" {
+        let mut rest = [0u8; 128];
+        r.read_exact(&mut rest)
+            .map_err(|_| LengthError::TruncatedHeader)?;
+        if &rest[124..] != b"DICM" {
+            return Err(LengthError::NotPart10);
+        }
+        meta_at = 132;
+    }
+    // File meta: explicit VR little endian, group 0002, led by its group length.
+    let mut gl = [0u8; 12];
+    r.read_exact(&mut gl)
+        .map_err(|_| LengthError::TruncatedHeader)?;
+    if gl[0..4] != [2, 0, 0, 0] {
+        return Err(LengthError::NotPart10);
+    }
+    let group = u64::from(u32::from_le_bytes([gl[8], gl[9], gl[10], gl[11]]));
+    if group > size.saturating_sub(meta_at + 12) || group > 64 * 1024 {
+        return Err(LengthError::Truncated(0x0002, 0x0000, group));
+    }
+    let mut meta = vec![0u8; group as usize];
+    r.read_exact(&mut meta)?;
+    let ts = meta_transfer_syntax(&meta).ok_or(LengthError::NotPart10)?;
+    if ts == "1.2.840.10008.1.2.1.99" {
+        let mut inflated = flate2::read::DeflateDecoder::new(r).take(4 << 30);
+        check(&mut inflated, Encoding::of(&ts))
+    } else {
+        check(&mut r, Encoding::of(&ts))
+    }
+}
+
+/// (0002,0010) from the file meta group's bytes.
+fn meta_transfer_syntax(meta: &[u8]) -> Option<String> {
+    let mut i = 0;
+    while i + 8 <= meta.len() {
+        let tag = (
+            u16::from_le_bytes([meta[i], meta[i + 1]]),
+            u16::from_le_bytes([meta[i + 2], meta[i + 3]]),
+        );
+        let vr = [meta[i + 4], meta[i + 5]];
+        let (len, at) = if is_short_vr(&vr) {
+            (
+                u16::from_le_bytes([meta[i + 6], meta[i + 7]]) as usize,
+                i + 8,
+            )
+        } else {
+            let b = meta.get(i + 8..i + 12)?;
+            (
+                u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize,
+                i + 12,
+            )
+        };
+        let value = meta.get(at..at.checked_add(len)?)?;
+        if tag == (0x0002, 0x0010) {
+            return Some(
+                String::from_utf8_lossy(value)
+                    .trim_end_matches(['\0', ' '])
+                    .to_string(),
+            );
+        }
+        i = at + len;
+    }
+    None
+}
+
+/// VRs with a 2-byte length in explicit VR encodings (PS3.5 Table 7.1-2). Every other code,
+/// unknown ones included, has 2 reserved bytes and a 4-byte length (PS3.5 §6.2: an unknown VR
+/// is read as UN), which is also how dicom-rs reads them.
+fn is_short_vr(vr: &[u8; 2]) -> bool {
+    matches!(
+        vr,
+        b"AE"
+            | b"AS"
+            | b"AT"
+            | b"CS"
+            | b"DA"
+            | b"DS"
+            | b"DT"
+            | b"FL"
+            | b"FD"
+            | b"IS"
+            | b"LO"
+            | b"LT"
+            | b"PN"
+            | b"SH"
+            | b"SL"
+            | b"SS"
+            | b"ST"
+            | b"TM"
+            | b"UI"
+            | b"UL"
+            | b"US"
+    )
+}
+
+/// Whether a tag is a sequence in the standard dictionary (implicit VR datasets do not say).
+fn is_standard_sequence(tag: (u16, u16)) -> bool {
+    use dicom_core::dictionary::DataDictionary;
+    dicom_dictionary_std::StandardDataDictionary
+        .by_tag(dicom_core::Tag(tag.0, tag.1))
+        .is_some_and(|e| e.vr.relaxed() == dicom_core::VR::SQ)
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -71,15 +189,19 @@ enum End {
 enum Ended {
     Eof,
     Delimiter((u16, u16)),
+    /// The enclosing defined length was used up exactly.
+    Bound,
 }
 
 struct Walker<'a, R> {
     r: &'a mut R,
     enc: Encoding,
+    /// Bytes consumed so far.
+    pos: u64,
 }
 
 impl<R: Read> Walker<'_, R> {
-    fn u16(&mut self, b: [u8; 2]) -> u16 {
+    fn u16(&self, b: [u8; 2]) -> u16 {
         if self.enc.big_endian {
             u16::from_be_bytes(b)
         } else {
@@ -87,7 +209,7 @@ impl<R: Read> Walker<'_, R> {
         }
     }
 
-    fn u32(&mut self, b: [u8; 4]) -> u32 {
+    fn u32(&self, b: [u8; 4]) -> u32 {
         if self.enc.big_endian {
             u32::from_be_bytes(b)
         } else {
@@ -107,6 +229,7 @@ impl<R: Read> Walker<'_, R> {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.pos += buf.len() as u64;
         Ok(true)
     }
 
@@ -120,22 +243,36 @@ impl<R: Read> Walker<'_, R> {
 
     fn skip(&mut self, tag: (u16, u16), len: u32) -> Result<(), LengthError> {
         let n = io::copy(&mut self.r.take(u64::from(len)), &mut io::sink())?;
+        self.pos += n;
         if n < u64::from(len) {
             return Err(LengthError::Truncated(tag.0, tag.1, u64::from(len)));
         }
         Ok(())
     }
 
-    /// Elements until `end` (the end of data, an item delimiter, a sequence delimiter).
-    fn elements(&mut self, depth: u32, end: End) -> Result<Ended, LengthError> {
+    /// The end of a value of `len` bytes starting here, checked against the enclosing bound.
+    fn value_end(&self, tag: (u16, u16), len: u32, bound: Option<u64>) -> Result<u64, LengthError> {
+        let end = self.pos + u64::from(len);
+        if bound.is_some_and(|b| end > b) {
+            return Err(LengthError::Truncated(tag.0, tag.1, u64::from(len)));
+        }
+        Ok(end)
+    }
+
+    /// Elements until `end` (the end of data, an item delimiter, a sequence delimiter) or,
+    /// inside a defined-length container, until its `bound` (an absolute position).
+    fn elements(&mut self, depth: u32, end: End, bound: Option<u64>) -> Result<Ended, LengthError> {
         if depth > MAX_DEPTH {
             return Err(LengthError::TooDeep);
         }
         loop {
+            if bound.is_some_and(|b| self.pos == b) {
+                return Ok(Ended::Bound);
+            }
             let mut t = [0u8; 4];
             if !self.fill(&mut t)? {
-                return match end {
-                    End::Eof => Ok(Ended::Eof),
+                return match (end, bound) {
+                    (End::Eof, None) => Ok(Ended::Eof),
                     _ => Err(LengthError::TruncatedHeader),
                 };
             }
@@ -150,69 +287,94 @@ impl<R: Read> Walker<'_, R> {
                         return Ok(Ended::Delimiter(tag))
                     }
                     (ITEM, End::Sequence) if len == UNDEFINED => {
-                        match self.elements(depth + 1, End::Item)? {
+                        match self.elements(depth + 1, End::Item, bound)? {
                             Ended::Delimiter(ITEM_END) => {}
                             _ => return Err(LengthError::TruncatedHeader),
                         }
                     }
-                    // A defined-length item (a nested dataset or a pixel fragment).
-                    (ITEM, End::Sequence) => self.skip(tag, len)?,
+                    // A defined-length item: a nested dataset, walked within its length.
+                    (ITEM, End::Sequence) => {
+                        let item_end = self.value_end(tag, len, bound)?;
+                        match self.elements(depth + 1, End::Item, Some(item_end))? {
+                            Ended::Bound => {}
+                            _ => return Err(LengthError::UnexpectedDelimiter(tag.0, tag.1)),
+                        }
+                    }
                     _ => return Err(LengthError::UnexpectedDelimiter(tag.0, tag.1)),
                 }
                 continue;
             }
-            let (len, is_un) = if self.enc.explicit_vr {
+            let (len, vr) = if self.enc.explicit_vr {
                 let mut vr = [0u8; 2];
                 self.need(&mut vr)?;
-                if matches!(
-                    &vr,
-                    b"OB"
-                        | b"OD"
-                        | b"OF"
-                        | b"OL"
-                        | b"OV"
-                        | b"OW"
-                        | b"SQ"
-                        | b"SV"
-                        | b"UC"
-                        | b"UN"
-                        | b"UR"
-                        | b"UT"
-                        | b"UV"
-                ) {
-                    let mut l = [0u8; 6];
-                    self.need(&mut l)?;
-                    (self.u32([l[2], l[3], l[4], l[5]]), &vr == b"UN")
-                } else {
+                if is_short_vr(&vr) {
                     let mut l = [0u8; 2];
                     self.need(&mut l)?;
-                    (u32::from(self.u16(l)), false)
+                    (u32::from(self.u16(l)), Some(vr))
+                } else {
+                    let mut l = [0u8; 6];
+                    self.need(&mut l)?;
+                    (self.u32([l[2], l[3], l[4], l[5]]), Some(vr))
                 }
             } else {
                 let mut l = [0u8; 4];
                 self.need(&mut l)?;
-                (self.u32(l), false)
+                (self.u32(l), None)
             };
             if len == UNDEFINED {
-                // A sequence, or encapsulated pixel data: items until the sequence delimiter.
-                // An undefined-length UN holds implicit VR little endian (PS3.5 §6.2.2).
+                if tag == (0x7FE0, 0x0010) {
+                    // Encapsulated pixel data: fragments are raw bytes, not datasets.
+                    self.fragments(bound)?;
+                    continue;
+                }
+                // A sequence: items until the sequence delimiter. An undefined-length UN holds
+                // implicit VR little endian (PS3.5 §6.2.2).
                 let outer = self.enc;
-                if is_un {
+                if vr == Some(*b"UN") {
                     self.enc = Encoding {
                         explicit_vr: false,
                         big_endian: false,
                     };
                 }
-                let ended = self.elements(depth + 1, End::Sequence);
+                let ended = self.elements(depth + 1, End::Sequence, bound);
                 self.enc = outer;
                 match ended? {
                     Ended::Delimiter(SEQUENCE_END) => {}
                     _ => return Err(LengthError::TruncatedHeader),
                 }
+                continue;
+            }
+            let value_end = self.value_end(tag, len, bound)?;
+            let is_sq = match vr {
+                Some(v) => &v == b"SQ",
+                None => is_standard_sequence(tag),
+            };
+            if is_sq && len > 0 {
+                // A defined-length sequence: its items, each within it.
+                match self.elements(depth + 1, End::Sequence, Some(value_end))? {
+                    Ended::Bound => {}
+                    _ => return Err(LengthError::UnexpectedDelimiter(tag.0, tag.1)),
+                }
             } else {
-                // Defined length (a defined-length sequence too: its bytes must be there; its
-                // items are not walked).
                 self.skip(tag, len)?;
+            }
+        }
+    }
+
+    /// The items of encapsulated pixel data (offset table, fragments) up to the delimiter.
+    fn fragments(&mut self, bound: Option<u64>) -> Result<(), LengthError> {
+        loop {
+            let mut h = [0u8; 8];
+            self.need(&mut h)?;
+            let tag = (self.u16([h[0], h[1]]), self.u16([h[2], h[3]]));
+            let len = self.u32([h[4], h[5], h[6], h[7]]);
+            match tag {
+                SEQUENCE_END => return Ok(()),
+                ITEM if len != UNDEFINED => {
+                    self.value_end(tag, len, bound)?;
+                    self.skip(tag, len)?;
+                }
+                _ => return Err(LengthError::UnexpectedDelimiter(tag.0, tag.1)),
             }
         }
     }
@@ -307,6 +469,85 @@ mod tests {
         let h = short((0x0008, 0x0060), b"CS", b"CT");
         assert!(check(&mut &h[..5], LE).is_err());
         assert!(check(&mut raw(SEQUENCE_END, 0).as_slice(), LE).is_err());
+    }
+
+    /// Found by fuzzing: an unknown VR code has a 4-byte length (dicom-rs reads it as UN).
+    #[test]
+    fn an_unknown_vr_is_read_with_a_long_length() {
+        let d = long((0x0009, 0x0010), b"\0\0", 0xFF00_0000, &[1, 2, 3, 4]);
+        assert!(matches!(
+            check(&mut d.as_slice(), LE),
+            Err(LengthError::Truncated(0x0009, 0x0010, _))
+        ));
+    }
+
+    /// Found by fuzzing: a length inside a defined-length sequence must fit in its item and
+    /// sequence, not merely in the file.
+    #[test]
+    fn lengths_inside_defined_length_sequences_are_bounded_by_them() {
+        let inner = short((0x0018, 0x0050), b"DS", b"1.0 ");
+        let mut item = raw(ITEM, inner.len() as u32);
+        item.extend(&inner);
+        let mut ok = long((0x5200, 0x9230), b"SQ", item.len() as u32, &item);
+        ok.extend(short((0x0008, 0x0060), b"CS", b"CT"));
+        check(&mut ok.as_slice(), LE).unwrap();
+
+        // The same item claiming 4 bytes more than its sequence, with data after it.
+        let mut lying_item = raw(ITEM, inner.len() as u32 + 4);
+        lying_item.extend(&inner);
+        let mut bad = long(
+            (0x5200, 0x9230),
+            b"SQ",
+            lying_item.len() as u32,
+            &lying_item,
+        );
+        bad.extend(short((0x0008, 0x0060), b"CS", b"CT"));
+        assert!(check(&mut bad.as_slice(), LE).is_err());
+
+        // An element inside the item declaring far more than the item holds.
+        let mut nested = raw(ITEM, 12);
+        nested.extend(long((0x0018, 0x9073), b"UN", 0x9000_0000, &[]));
+        let mut bad = long((0x5200, 0x9230), b"SQ", nested.len() as u32, &nested);
+        bad.extend(vec![0u8; 64]);
+        assert!(check(&mut bad.as_slice(), LE).is_err());
+    }
+
+    #[test]
+    fn implicit_vr_standard_sequences_are_walked() {
+        // (0008,1115) Referenced Series Sequence, defined length, implicit VR: its item claims
+        // more than the sequence holds.
+        let mut item = raw(ITEM, 100);
+        item.extend(raw((0x0020, 0x000E), 4));
+        item.extend(b"1.2\0");
+        let mut d = raw((0x0008, 0x1115), item.len() as u32);
+        d.extend(&item);
+        d.extend(vec![0u8; 200]);
+        assert!(check(&mut d.as_slice(), IMPLICIT).is_err());
+    }
+
+    #[test]
+    fn files_are_checked_after_their_meta_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut meta = short((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1\0");
+        meta.extend(short((0x0002, 0x0003), b"UI", b"1.2.3\0"));
+        let mut file = vec![0u8; 128];
+        file.extend(b"DICM");
+        file.extend(short(
+            (0x0002, 0x0000),
+            b"UL",
+            &(meta.len() as u32).to_le_bytes(),
+        ));
+        file.extend(&meta);
+        let mut good = file.clone();
+        good.extend(short((0x0008, 0x0060), b"CS", b"CT"));
+        std::fs::write(dir.path().join("good.dcm"), &good).unwrap();
+        check_file(&dir.path().join("good.dcm")).unwrap();
+        let mut bad = file;
+        bad.extend(long((0x7FE0, 0x0010), b"OW", 0xFFFF_FFF0, &[0; 8]));
+        std::fs::write(dir.path().join("bad.dcm"), &bad).unwrap();
+        assert!(check_file(&dir.path().join("bad.dcm")).is_err());
+        std::fs::write(dir.path().join("no.dcm"), b"hello").unwrap();
+        assert!(check_file(&dir.path().join("no.dcm")).is_err());
     }
 
     #[test]

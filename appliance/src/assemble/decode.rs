@@ -102,6 +102,8 @@ fn decode_instance(
     };
     let format = inst.pixel.as_ref().map_err(|e| undecodable(e.clone()))?;
     // The header parsed before, so a failure now is in the pixel data (usually a cut file).
+    // Walked first: dicom-rs would allocate a lying Pixel Data length before reading it.
+    crate::lengths::check_file(&inst.path).map_err(|e| truncated(e.to_string()))?;
     let obj = OpenFileOptions::new()
         .open_file(&inst.path)
         .map_err(|e| truncated(one_line(&e)))?;

@@ -185,6 +185,14 @@ fn scan_file(path: &Path) -> Scanned {
         Some(false) => return Scanned::NotDicom,
         Some(true) => {}
     }
+    // dicom-rs allocates a value's declared length before reading it: a file that lies about
+    // a length would take gigabytes. Lengths are walked first (see `crate::lengths`).
+    // A cut or lying Pixel Data is reported when the series is decoded (decode.rs walks the
+    // file again before reading it whole); reading the header up to it is safe.
+    match crate::lengths::check_file(path) {
+        Ok(()) | Err(crate::lengths::LengthError::Truncated(0x7FE0, 0x0010, _)) => {}
+        Err(_) => return Scanned::Unreadable,
+    }
     let Ok(obj) = OpenFileOptions::new()
         .read_until(tags::PIXEL_DATA)
         .open_file(path)
