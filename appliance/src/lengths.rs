@@ -98,6 +98,7 @@ pub fn check_file(path: &std::path::Path) -> Result<(), LengthError> {
     }
     let mut meta = vec![0u8; group as usize];
     r.read_exact(&mut meta)?;
+    // dicom-rs reads each meta element by its own declared length too: all must fit the group.
     let ts = meta_transfer_syntax(&meta).ok_or(LengthError::NotPart10)?;
     if ts == "1.2.840.10008.1.2.1.99" {
         let mut inflated = flate2::read::DeflateDecoder::new(r).take(4 << 30);
@@ -107,10 +108,15 @@ pub fn check_file(path: &std::path::Path) -> Result<(), LengthError> {
     }
 }
 
-/// (0002,0010) from the file meta group's bytes.
+/// (0002,0010) from the file meta group's bytes, when every meta element fits in the group
+/// exactly (None otherwise).
 fn meta_transfer_syntax(meta: &[u8]) -> Option<String> {
     let mut i = 0;
-    while i + 8 <= meta.len() {
+    let mut ts = None;
+    while i < meta.len() {
+        if i + 8 > meta.len() {
+            return None;
+        }
         let tag = (
             u16::from_le_bytes([meta[i], meta[i + 1]]),
             u16::from_le_bytes([meta[i + 2], meta[i + 3]]),
@@ -129,8 +135,11 @@ fn meta_transfer_syntax(meta: &[u8]) -> Option<String> {
             )
         };
         let value = meta.get(at..at.checked_add(len)?)?;
+        if tag.0 != 0x0002 {
+            return None;
+        }
         if tag == (0x0002, 0x0010) {
-            return Some(
+            ts = Some(
                 String::from_utf8_lossy(value)
                     .trim_end_matches(['\0', ' '])
                     .to_string(),
@@ -138,7 +147,7 @@ fn meta_transfer_syntax(meta: &[u8]) -> Option<String> {
         }
         i = at + len;
     }
-    None
+    ts
 }
 
 /// VRs with a 2-byte length in explicit VR encodings (PS3.5 Table 7.1-2). Every other code,
@@ -547,6 +556,20 @@ mod tests {
         std::fs::write(dir.path().join("bad.dcm"), &bad).unwrap();
         assert!(check_file(&dir.path().join("bad.dcm")).is_err());
         std::fs::write(dir.path().join("no.dcm"), b"hello").unwrap();
+        // Found by fuzzing: a meta element declaring more than its group holds.
+        let mut lying_meta = vec![0u8; 128];
+        lying_meta.extend(b"DICM");
+        let mut meta = short((0x0002, 0x0010), b"UI", b"1.2.840.10008.1.2.1\0");
+        meta.extend(long((0x0002, 0x0001), b"OB", 0xD000_0000, &[0, 1]));
+        lying_meta.extend(short(
+            (0x0002, 0x0000),
+            b"UL",
+            &(meta.len() as u32).to_le_bytes(),
+        ));
+        lying_meta.extend(&meta);
+        lying_meta.extend(vec![0u8; 100]);
+        std::fs::write(dir.path().join("meta.dcm"), &lying_meta).unwrap();
+        assert!(check_file(&dir.path().join("meta.dcm")).is_err());
         assert!(check_file(&dir.path().join("no.dcm")).is_err());
     }
 
