@@ -128,9 +128,13 @@ fn clock_ms(line: &str) -> Option<f64> {
 
 /// Sends `files` on one association as CT01 and reports, per file, DCMTK's answer.
 pub fn send(port: u16, files: &[PathBuf]) -> Sent {
+    // One file per call: concurrent senders rewriting a shared one can hand storescu a
+    // half-written log config (seen under the load test: one sender of eight sent nothing).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let log_cfg =
-        std::env::temp_dir().join(format!("cacd-storescu-log-{}.cfg", std::process::id()));
-    let _ = std::fs::write(&log_cfg, TIMED_LOG);
+        std::env::temp_dir().join(format!("cacd-storescu-log-{}-{n}.cfg", std::process::id()));
+    std::fs::write(&log_cfg, TIMED_LOG).expect("writing the storescu log config");
     let out = Command::new(STORESCU)
         .arg("-lc")
         .arg(&log_cfg)
@@ -142,6 +146,7 @@ pub fn send(port: u16, files: &[PathBuf]) -> Sent {
         .args(files)
         .output()
         .expect("running storescu");
+    let _ = std::fs::remove_file(&log_cfg);
     parse_storescu(&text(&out))
 }
 
