@@ -240,9 +240,16 @@ pub struct StoreScp(pub Child);
 
 impl StoreScp {
     pub fn start(port: u16, dir: &Path) -> StoreScp {
+        StoreScp::start_with(port, dir, &[])
+    }
+
+    /// With extra storescp options (`-uf`: keep every copy under its own name).
+    pub fn start_with(port: u16, dir: &Path, options: &[&str]) -> StoreScp {
         std::fs::create_dir_all(dir).expect("storescp dir");
         let child = Command::new("/usr/bin/storescp")
-            .args(["-aet", "RECV", "-od"])
+            .args(["-aet", "RECV"])
+            .args(options)
+            .arg("-od")
             .arg(dir)
             .arg(port.to_string())
             .stdout(Stdio::null())

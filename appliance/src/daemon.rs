@@ -565,28 +565,30 @@ async fn housekeeping_loop(
             _ = tokio::time::sleep(interval) => {}
             _ = shutdown.wait_for(|v| *v) => return,
         }
-        let (q, s) = (queue.clone(), store.clone());
-        let pruned = tokio::task::spawn_blocking(move || prune(&q, &s, retention)).await;
-        match pruned {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(series = n, "pruned delivered series past retention"),
-            Ok(Err(e)) => warn!(error = %e, "housekeeping failed"),
-            Err(_) => {}
-        }
-        // Make room before a sender meets a refusal (receive also does this on demand).
+        // Past retention, then for space: room is made before a sender meets a refusal
+        // (receive also does this on demand).
         let (q, s, r) = (queue.clone(), store.clone(), cfg.receive.clone());
         let pruned = tokio::task::spawn_blocking(move || {
-            crate::housekeeping::prune_for_space(&q, &s, r.min_free_bytes, r.min_free_percent)
+            [
+                ("past retention", prune(&q, &s, retention)),
+                (
+                    "free space under the watermark",
+                    crate::housekeeping::prune_for_space(
+                        &q,
+                        &s,
+                        r.min_free_bytes,
+                        r.min_free_percent,
+                    ),
+                ),
+            ]
         })
         .await;
-        match pruned {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => info!(
-                series = n,
-                "pruned delivered series: free space under the watermark"
-            ),
-            Ok(Err(e)) => warn!(error = %e, "housekeeping failed"),
-            Err(_) => {}
+        for (why, result) in pruned.into_iter().flatten() {
+            match result {
+                Ok(0) => {}
+                Ok(n) => info!(series = n, why, "pruned delivered series"),
+                Err(e) => warn!(error = %e, "housekeeping failed"),
+            }
         }
     }
 }

@@ -3,8 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use cacd_e2e::*;
 
@@ -199,31 +198,14 @@ pub fn stored_uids(data: &Path) -> BTreeSet<String> {
 
 /// storescp that keeps every copy it receives (`-uf`): a resend shows as a second file.
 pub struct Receiver {
-    child: Child,
+    _scp: StoreScp,
     pub dir: PathBuf,
 }
 
 impl Receiver {
     pub fn start(port: u16, dir: &Path) -> Receiver {
-        std::fs::create_dir_all(dir).expect("receiver dir");
-        let child = Command::new("/usr/bin/storescp")
-            .args(["-aet", "RECV", "-uf", "-od"])
-            .arg(dir)
-            .arg(port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn storescp");
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "storescp did not listen"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
         Receiver {
-            child,
+            _scp: StoreScp::start_with(port, dir, &["-uf"]),
             dir: dir.to_path_buf(),
         }
     }
@@ -238,13 +220,6 @@ impl Receiver {
             *m.entry(sop_uid(&f)).or_insert(0) += 1;
         }
         m
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
