@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// Upper bound of `pipeline.score_timeout_s`: the health watchdog declares the pipeline hung at
+/// 40 minutes of one scoring run, so the worker's own limit must strike first.
+pub const MAX_SCORE_TIMEOUT_S: f64 = 2100.0;
+
 /// Errors reading a config file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -127,9 +131,16 @@ pub struct PipelineSection {
     pub gpu_preprocess: Option<bool>,
     /// `tensorrt`: let TensorRT run float layers at half precision (default true).
     pub fp16: Option<bool>,
-    /// A series whose scoring a crash interrupted this many times is failed (default 3):
-    /// the guard against a study that crashes the scorer every time.
+    /// A series that crashed or hung the scoring worker this many times is failed
+    /// (default 3): the guard against a study that crashes the scorer every time. Restarts
+    /// of the daemon itself (power cuts) are not counted.
     pub max_scoring_attempts: Option<u32>,
+    /// Score in a child process (`cacd score-worker`; default true), so that a crash, a hang
+    /// or running out of memory costs one attempt of one study, never the daemon.
+    pub isolate: Option<bool>,
+    /// Longest one study may take in the worker before it is stopped and the attempt counted
+    /// as a crash, seconds (default 1800). Also bounds the models' load at start.
+    pub score_timeout_s: Option<f64>,
 }
 
 /// Which status LED drives the box's front panel (see README "Status LED").
@@ -490,6 +501,15 @@ impl Config {
         }
         if self.pipeline.threads == Some(0) {
             p.push("pipeline.threads: must be at least 1".into());
+        }
+        if let Some(t) = self.pipeline.score_timeout_s {
+            positive(&mut p, "pipeline.score_timeout_s", t);
+            if t > MAX_SCORE_TIMEOUT_S {
+                p.push(format!(
+                    "pipeline.score_timeout_s: {t} is over {MAX_SCORE_TIMEOUT_S} (the watchdog \
+                     counts a longer scoring run as a hung pipeline)"
+                ));
+            }
         }
         if self.pipeline.max_scoring_attempts == Some(0) {
             p.push("pipeline.max_scoring_attempts: must be at least 1".into());

@@ -446,9 +446,16 @@ fn score_one(
         ScoringEnd::Failed { reason } => {
             warn!(stage = "score", series_hash = %h, %reason, ms, "scoring failed")
         }
+        ScoringEnd::Crashed { reason } => {
+            warn!(stage = "score", series_hash = %h, %reason, ms, "the scorer crashed on this series")
+        }
     }
+    let crashed = matches!(end, ScoringEnd::Crashed { .. });
     if queue.finish_scoring(&rec.series_uid, rec.generation, end)? {
         ops.report_result(&rec.series_uid, queue);
+    } else if crashed {
+        // Counted; the series is scored again (or failed once the attempts are spent).
+        std::thread::sleep(Duration::from_secs(1));
     } else {
         info!(stage = "score", series_hash = %h, "new instances arrived while scoring: result superseded");
     }
@@ -632,11 +639,23 @@ pub fn pipeline_config(cfg: &Config) -> pipeline::PipelineConfig {
 pub fn serve(cfg: Config, pipeline_cfg: &pipeline::PipelineConfig, led: Led) -> anyhow::Result<()> {
     use anyhow::Context;
     let pipeline_cfg = pipeline_cfg.clone();
+    let isolate = cfg.pipeline.isolate.unwrap_or(true);
+    let timeout = secs(cfg.pipeline.score_timeout_s.unwrap_or(1800.0));
+    let exe = std::env::current_exe().context("finding the cacd binary for the scoring worker")?;
     let factory: ScorerFactory = Box::new(move || {
-        let p = Pipeline::load(&pipeline_cfg).map_err(|e| e.to_string())?;
-        let m = p.model_info();
-        info!(model = %m.name, version = %m.version, engine = %m.engine, precision = %m.precision, "pipeline loaded");
-        Ok(Arc::new(p) as Arc<dyn Scorer>)
+        let s: Arc<dyn Scorer> = if isolate {
+            Arc::new(crate::worker::IsolatedScorer::start(
+                &exe,
+                pipeline_cfg.clone(),
+                timeout,
+            )?)
+        } else {
+            Arc::new(Pipeline::load(&pipeline_cfg).map_err(|e| e.to_string())?)
+        };
+        if let Some(m) = s.model_info() {
+            info!(model = %m.name, version = %m.version, engine = %m.engine, precision = %m.precision, isolate, "pipeline loaded");
+        }
+        Ok(s)
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -345,8 +345,10 @@ impl Default for Monitor {
 const RECEIVING_LINGER_MS: u64 = 3000;
 /// The scoring thread must show life this often when it is not inside a scoring run...
 const SCORING_HEARTBEAT_MS: u64 = 30_000;
-/// ...and one scoring run may take this long before the pipeline counts as stuck.
-const MAX_SCORING_MS: u64 = 30 * 60_000;
+/// ...and one scoring run may take this long before the pipeline counts as stuck: longer than
+/// the scoring worker's own time limit (`pipeline.score_timeout_s`, at most
+/// [`crate::config::MAX_SCORE_TIMEOUT_S`]), which stops a hung study first.
+const MAX_SCORING_MS: u64 = 40 * 60_000;
 
 impl Monitor {
     pub fn uptime(&self) -> Duration {

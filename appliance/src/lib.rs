@@ -32,3 +32,4 @@ pub mod status;
 pub mod store;
 pub mod train_data;
 pub mod volume;
+pub mod worker;

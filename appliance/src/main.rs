@@ -31,6 +31,9 @@ enum Command {
     /// Model-grid training arrays from phantoms (for models/training; not for operators).
     #[command(hide = true)]
     TrainData(TrainDataArgs),
+    /// The scoring child process `serve` runs (JSON lines on stdin/stdout; not for operators).
+    #[command(hide = true)]
+    ScoreWorker,
 }
 
 #[derive(clap::Args)]
@@ -204,6 +207,10 @@ fn main() -> Result<()> {
             cacd::cli::batch::run(args)
         }
         Command::Phantom(args) => cacd::phantom::run(args),
+        Command::ScoreWorker => {
+            init_logging();
+            cacd::worker::run()
+        }
         Command::TrainData(a) => {
             let (heart, calcium) = match &a.manifest {
                 Some(m) => cacd::train_data::grids_from_manifest(m)?,

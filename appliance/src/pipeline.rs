@@ -18,7 +18,7 @@ use crate::score::{self, Scores};
 use crate::volume::Volume;
 
 /// How to run the models.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PipelineConfig {
     pub engine: EngineKind,
     /// "int8" (default: what the appliance ships) or "fp32".

@@ -17,10 +17,11 @@ const SERIES: TableDefinition<&str, &str> = TableDefinition::new("series");
 const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
 const DELIVERIES: TableDefinition<&str, &str> = TableDefinition::new("deliveries");
 
-/// A series whose scoring was cut short by a crash this many times is failed rather than
-/// retried forever (a study that crashes the scorer must not crash-loop the box). The daemon
-/// cannot tell such a crash from a power cut or a SIGKILL from outside, so each counts; see
-/// RELIABILITY.md. `pipeline.max_scoring_attempts` changes it.
+/// A series that crashed (or hung) the scoring worker this many times is failed rather than
+/// retried forever: a study that kills the scorer must not stall the queue behind it. Only
+/// crashes the daemon saw count (the worker is a child process, `worker`); a power cut or a
+/// SIGKILL of the whole service costs nothing, the run is simply redone after restart.
+/// `pipeline.max_scoring_attempts` changes it.
 pub const MAX_SCORING_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +76,7 @@ pub struct SeriesRecord {
     pub generation: u64,
     /// Result version of the current (or last) scoring run; 0 before the first.
     pub version: u32,
-    /// Scoring runs started for the current version (restarts included).
+    /// Scoring-worker crashes (or hangs) on the current version.
     pub scoring_attempts: u32,
     /// Why the series was rejected or failed.
     pub reason: Option<String>,
@@ -85,6 +86,19 @@ pub struct SeriesRecord {
     pub agatston_total: Option<f64>,
     pub updated_ms: u64,
     pub delivered_ms: Option<u64>,
+}
+
+impl SeriesRecord {
+    /// When a series was finished with nothing left to do: delivered, or rejected (not
+    /// scoreable, e.g. a localizer the scanner sent with the study: no result to deliver).
+    /// Finished series are what housekeeping may remove; `failed` ones wait for an operator.
+    pub fn finished_ms(&self) -> Option<u64> {
+        match self.state {
+            SeriesState::Delivered => self.delivered_ms,
+            SeriesState::Rejected => Some(self.updated_ms),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,7 +136,7 @@ pub enum Attempt {
 }
 
 /// What a scoring run produced.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ScoringEnd {
     Scored {
         results: Vec<PathBuf>,
@@ -132,6 +146,11 @@ pub enum ScoringEnd {
         reason: String,
     },
     Failed {
+        reason: String,
+    },
+    /// The scoring worker died or hung on this series: retried, and counted against
+    /// `max_scoring_attempts`.
+    Crashed {
         reason: String,
     },
 }
@@ -370,16 +389,15 @@ impl Queue {
         Ok(moved)
     }
 
-    /// Picks the next series to score: one left in `scoring` by a crash (same version again),
-    /// else the oldest `complete` one (next version). Returns the record as it now stands, in
-    /// state `scoring`; a series that crashed the scorer too often is failed instead.
+    /// Picks the next series to score: one left in `scoring` by a restart or a worker crash
+    /// (same version again), else the oldest `complete` one (next version). Returns the
+    /// record as it now stands, in state `scoring`.
     pub fn start_scoring(&self) -> Result<Option<SeriesRecord>, QueueError> {
         let mut candidates: Vec<SeriesRecord> = self
             .all_series()?
             .into_iter()
             .filter(|r| matches!(r.state, SeriesState::Scoring | SeriesState::Complete))
             .collect();
-        let max_attempts = self.max_scoring_attempts;
         // Interrupted runs first, then in order of arrival.
         candidates.sort_by_key(|r| (r.state != SeriesState::Scoring, r.last_instance_ms));
         for c in candidates {
@@ -390,16 +408,9 @@ impl Queue {
                 match cur.state {
                     SeriesState::Complete => {
                         cur.version += 1;
-                        cur.scoring_attempts = 1;
+                        cur.scoring_attempts = 0;
                     }
-                    SeriesState::Scoring if cur.scoring_attempts >= max_attempts => {
-                        cur.state = SeriesState::Failed;
-                        cur.reason =
-                            Some(format!("scoring did not finish in {max_attempts} attempts"));
-                        Self::put_series(series, &mut cur)?;
-                        return Ok(None);
-                    }
-                    SeriesState::Scoring => cur.scoring_attempts += 1,
+                    SeriesState::Scoring => {}
                     _ => return Ok(None),
                 }
                 cur.state = SeriesState::Scoring;
@@ -415,13 +426,16 @@ impl Queue {
     }
 
     /// Ends a scoring run started at `generation`. Returns false (and changes nothing) when
-    /// new instances arrived meanwhile: that run is stale and a new one will follow.
+    /// new instances arrived meanwhile: that run is stale and a new one will follow. A crash
+    /// counts one attempt and leaves the series in `scoring` to be picked again (false) until
+    /// `max_scoring_attempts`, when it is failed with the last crash's reason (true).
     pub fn finish_scoring(
         &self,
         series_uid: &str,
         generation: u64,
         end: ScoringEnd,
     ) -> Result<bool, QueueError> {
+        let max_attempts = self.max_scoring_attempts;
         self.write(|series, _, _| {
             let Some(mut cur) = Self::get_series(series, series_uid)? else {
                 return Ok(false);
@@ -445,6 +459,18 @@ impl Queue {
                 ScoringEnd::Failed { reason } => {
                     cur.state = SeriesState::Failed;
                     cur.reason = Some(reason);
+                }
+                ScoringEnd::Crashed { reason } => {
+                    cur.scoring_attempts += 1;
+                    let n = cur.scoring_attempts;
+                    if n < max_attempts {
+                        cur.reason =
+                            Some(format!("scoring crashed ({n} of {max_attempts}): {reason}"));
+                        Self::put_series(series, &mut cur)?;
+                        return Ok(false);
+                    }
+                    cur.state = SeriesState::Failed;
+                    cur.reason = Some(format!("scoring crashed {n} times; last: {reason}"));
                 }
             }
             Self::put_series(series, &mut cur)?;
@@ -618,23 +644,21 @@ impl Queue {
         })
     }
 
-    /// Delivered series older than `retention`.
+    /// Series finished (delivered or rejected) longer than `retention` ago.
     pub fn prunable(&self, retention: Duration) -> Result<Vec<SeriesRecord>, QueueError> {
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
         Ok(self
             .all_series()?
             .into_iter()
-            .filter(|r| {
-                r.state == SeriesState::Delivered && r.delivered_ms.is_some_and(|t| t <= cutoff)
-            })
+            .filter(|r| r.finished_ms().is_some_and(|t| t <= cutoff))
             .collect())
     }
 
-    /// Forgets a series (after its files were removed), if it is still delivered.
+    /// Forgets a series (after its files were removed), if it is still finished.
     pub fn remove_series(&self, series_uid: &str) -> Result<bool, QueueError> {
         self.write(|series, instances, deliveries| {
             match Self::get_series(series, series_uid)? {
-                Some(cur) if cur.state == SeriesState::Delivered => {}
+                Some(cur) if cur.finished_ms().is_some() => {}
                 _ => return Ok(false),
             }
             series.remove(series_uid)?;
@@ -687,13 +711,13 @@ mod tests {
         let s = q.start_scoring().unwrap().unwrap();
         assert_eq!(
             (s.state, s.version, s.scoring_attempts),
-            (SeriesState::Scoring, 1, 1)
+            (SeriesState::Scoring, 1, 0)
         );
         drop(q);
-        // A crash during scoring: the same version is scored again.
+        // A restart during scoring: the same version is scored again, no attempt counted.
         let q = Queue::open(dir.path()).unwrap();
         let s = q.start_scoring().unwrap().unwrap();
-        assert_eq!((s.version, s.scoring_attempts), (1, 2));
+        assert_eq!((s.version, s.scoring_attempts), (1, 0));
         let end = ScoringEnd::Scored {
             results: vec![PathBuf::from("a.dcm")],
             agatston_total: Some(12.0),
@@ -802,14 +826,39 @@ mod tests {
     }
 
     #[test]
-    fn a_series_that_keeps_crashing_the_scorer_fails() {
-        let (_dir, q) = q();
+    fn a_series_that_keeps_crashing_the_scorer_fails_but_restarts_cost_nothing() {
+        let (dir, q) = q();
         q.record_instance("st", "se", "i1").unwrap();
         q.complete_quiet(Duration::ZERO).unwrap();
-        for _ in 0..MAX_SCORING_ATTEMPTS {
+        // Restarts (power cuts, SIGKILL of the service) while scoring: never counted.
+        let mut q = q;
+        for _ in 0..5 {
             assert!(q.start_scoring().unwrap().is_some());
+            drop(q);
+            q = Queue::open(dir.path()).unwrap();
         }
+        let crash = || ScoringEnd::Crashed {
+            reason: "signal: 9 (SIGKILL)".into(),
+        };
+        for n in 1..MAX_SCORING_ATTEMPTS {
+            let s = q.start_scoring().unwrap().unwrap();
+            assert!(!q.finish_scoring("se", s.generation, crash()).unwrap());
+            let r = q.series("se").unwrap().unwrap();
+            assert_eq!((r.state, r.scoring_attempts), (SeriesState::Scoring, n));
+        }
+        let s = q.start_scoring().unwrap().unwrap();
+        assert!(q.finish_scoring("se", s.generation, crash()).unwrap());
+        let r = q.series("se").unwrap().unwrap();
+        assert_eq!(r.state, SeriesState::Failed);
+        assert!(
+            r.reason.unwrap().contains("crashed 3 times"),
+            "reason names the crashes"
+        );
         assert!(q.start_scoring().unwrap().is_none());
-        assert_eq!(q.series("se").unwrap().unwrap().state, SeriesState::Failed);
+        // New instances reopen it with a clean slate.
+        q.record_instance("st", "se", "i2").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.scoring_attempts), (2, 0));
     }
 }

@@ -23,7 +23,7 @@ pub struct Tensor {
 }
 
 /// Which inference engine runs a model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum EngineKind {
     /// tract-onnx: pure Rust, no set-up; the default.
     Tract,
@@ -78,7 +78,7 @@ pub struct EngineOptions {
 }
 
 /// How the `TensorRt` engine uses the GPU.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct GpuOptions {
     pub device_id: i32,
     /// Let TensorRT run layers the model keeps in float at half precision.

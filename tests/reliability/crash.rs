@@ -2,6 +2,10 @@
 //! forwarding) and restarted at once. After every kill, before the restart, every instance
 //! acknowledged so far must be on disk; at the end every series is delivered and every result
 //! of its final version is at the receiver.
+//!
+//! Scorer crash: the scoring worker (a child process) is SIGKILLed mid-study; the daemon goes
+//! on receiving, the study is scored again, and a study that kills the worker every time is
+//! failed after `max_scoring_attempts` with the reason, without holding up the next one.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -33,9 +37,9 @@ fn sigkill_at_random_moments_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     let (port, status, recv_port) = (free_port(), free_port(), free_port());
-    // The kills here land in scoring on purpose, several times on the same series; the guard
-    // against a study that crashes the scorer (failed after 3 interrupted runs by default)
-    // cannot tell them from such crashes and would fail that series. Allow every kill.
+    // The kills land in scoring too, several times on the same series, with the default
+    // poison-study guard (3 scorer crashes): a kill of the whole daemon is not a scorer crash
+    // and must not count (it did, before scoring moved into a child process).
     let cfg = config(
         tmp.path(),
         &data,
@@ -43,7 +47,7 @@ fn sigkill_at_random_moments_loses_nothing() {
         status,
         &[("RECV", recv_port)],
         "",
-        &format!("[pipeline]\nmax_scoring_attempts = {}\n", kills + 2),
+        "",
     );
     let series: Vec<Vec<PathBuf>> = (0..n_series)
         .map(|i| dicom_files(&phantom(tmp.path(), 4100 + i as u64, 30)))
@@ -132,4 +136,150 @@ fn sigkill_at_random_moments_loses_nothing() {
         copies.len(),
         wanted.len()
     );
+}
+
+/// Waits until the daemon has a series in `scoring` and a live worker, and SIGKILLs the worker.
+fn kill_worker_mid_study(serve: &Serve, status: u16) -> u32 {
+    let mut victim = None;
+    assert!(
+        wait_until(Duration::from_secs(120), || {
+            let scoring = queue_counts(status).get("scoring").copied().unwrap_or(0) > 0;
+            victim = children(serve.child.id()).first().copied();
+            scoring && victim.is_some()
+        }),
+        "no scoring run with a worker: {:?}",
+        queue_counts(status)
+    );
+    let pid = victim.unwrap();
+    // Let the worker get into the study (it answers nothing until it is done).
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    pid
+}
+
+#[test]
+fn a_scorer_crash_costs_one_attempt_never_the_daemon() {
+    let _serial = serial();
+    if no_models() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (port, status, recv_port) = (free_port(), free_port(), free_port());
+    let cfg = config(
+        tmp.path(),
+        &data,
+        port,
+        status,
+        &[("RECV", recv_port)],
+        "",
+        "",
+    );
+    let receiver = Receiver::start(recv_port, &tmp.path().join("received"));
+    let serve = Serve::start(&cfg, port, &data);
+
+    // One crash: scored again and delivered.
+    let first = dicom_files(&phantom(tmp.path(), 4300, 30));
+    assert_eq!(send(port, &first).acked.len(), first.len());
+    let killed = kill_worker_mid_study(&serve, status);
+    assert!(
+        wait_until(Duration::from_secs(300), || delivered(status) == 1),
+        "not delivered after one worker crash: {:?}",
+        queue_counts(status)
+    );
+    assert!(serve.log_contains("the scorer crashed on this series"));
+    assert!(serve.log_contains("scoring worker restarted"));
+    assert!(!children(serve.child.id()).contains(&killed));
+
+    // A study that kills the worker every time: failed after 3 crashes, with the reason,
+    // while the daemon keeps receiving.
+    let poison = dicom_files(&phantom(tmp.path(), 4301, 30));
+    assert_eq!(send(port, &poison).acked.len(), poison.len());
+    for _ in 0..3 {
+        let pid = kill_worker_mid_study(&serve, status);
+        assert!(wait_until(Duration::from_secs(30), || !children(
+            serve.child.id()
+        )
+        .contains(&pid)));
+    }
+    assert!(
+        wait_until(Duration::from_secs(60), || queue_counts(status)
+            .get("failed")
+            == Some(&1)),
+        "the poison study was not failed: {:?}",
+        queue_counts(status)
+    );
+    let reason = status_json(status)
+        .map(|v| v.to_string())
+        .unwrap_or_default();
+    assert!(
+        reason.contains("crashed 3 times"),
+        "reason not shown: {reason}"
+    );
+    let next = dicom_files(&phantom(tmp.path(), 4302, 30));
+    assert_eq!(
+        send(port, &next).acked.len(),
+        next.len(),
+        "receiving goes on"
+    );
+    assert!(
+        wait_until(Duration::from_secs(300), || delivered(status) == 2),
+        "the study after the poison one was not delivered: {:?}",
+        queue_counts(status)
+    );
+    serve.terminate();
+    let copies = receiver.copies();
+    assert!(final_result_uids(&data)
+        .iter()
+        .all(|u| copies.contains_key(u)));
+}
+
+#[test]
+fn a_hung_scorer_is_stopped_at_the_time_limit_and_the_study_scored_again() {
+    let _serial = serial();
+    if no_models() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (port, status, recv_port) = (free_port(), free_port(), free_port());
+    let cfg = config(
+        tmp.path(),
+        &data,
+        port,
+        status,
+        &[("RECV", recv_port)],
+        "",
+        "[pipeline]\nscore_timeout_s = 20\n",
+    );
+    let receiver = Receiver::start(recv_port, &tmp.path().join("received"));
+    let serve = Serve::start(&cfg, port, &data);
+    let files = dicom_files(&phantom(tmp.path(), 4310, 30));
+    assert_eq!(send(port, &files).acked.len(), files.len());
+    // SIGSTOP: the worker neither answers nor dies, as a wedged inference engine would.
+    let mut victim = None;
+    assert!(wait_until(Duration::from_secs(120), || {
+        victim = children(serve.child.id()).first().copied();
+        queue_counts(status).get("scoring").copied().unwrap_or(0) > 0 && victim.is_some()
+    }));
+    let pid = victim.unwrap();
+    let _ = std::process::Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status();
+    assert!(
+        wait_until(Duration::from_secs(300), || delivered(status) == 1),
+        "not delivered after a hung worker: {:?}",
+        queue_counts(status)
+    );
+    assert!(serve.log_contains("scoring ran past the time limit"));
+    assert!(
+        !children(serve.child.id()).contains(&pid),
+        "the hung worker was stopped"
+    );
+    serve.terminate();
+    assert!(final_result_uids(&data)
+        .iter()
+        .all(|u| receiver.copies().contains_key(u)));
 }

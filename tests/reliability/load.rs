@@ -88,7 +88,13 @@ fn eight_concurrent_senders_are_all_received_scored_and_delivered() {
         status_json(status).map(|v| v["queue"].clone())
     );
     let done_in = t.elapsed();
+    // The daemon and its scoring worker (a child process) are measured apart.
     let peak = peak_rss(serve.child.id()).unwrap_or(0);
+    let worker_peak: u64 = children(serve.child.id())
+        .into_iter()
+        .filter_map(peak_rss)
+        .max()
+        .unwrap_or(0);
     std::thread::sleep(Duration::from_secs(1));
     let log = serve.log.lock().unwrap().join("\n");
     serve.terminate();
@@ -103,12 +109,13 @@ fn eight_concurrent_senders_are_all_received_scored_and_delivered() {
     eprintln!(
         "load: {senders} senders x {per_sender} studies x 30 instances; received in {:.1} s, \
          all delivered in {:.1} s; C-STORE response p50 {:.1} ms, p99 {:.1} ms (n = {}); \
-         peak RSS {} MiB",
+         peak RSS {} MiB (daemon), {} MiB (scoring worker)",
         received_in.as_secs_f64(),
         done_in.as_secs_f64(),
         percentile(&all.response_ms, 50.0),
         percentile(&all.response_ms, 99.0),
         all.response_ms.len(),
-        peak >> 20
+        peak >> 20,
+        worker_peak >> 20
     );
 }

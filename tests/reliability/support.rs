@@ -301,6 +301,29 @@ pub fn delivered(status_port: u16) -> u64 {
         .unwrap_or(0)
 }
 
+/// The live child processes of `pid` (the daemon's scoring worker).
+pub fn children(pid: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| {
+            // /proc/<p>/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split
+            // after its closing parenthesis.
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    let rest = &s[s.rfind(')')? + 1..];
+                    let mut f = rest.split_whitespace();
+                    let state = f.next()?;
+                    let ppid: u32 = f.next()?.parse().ok()?;
+                    Some(ppid == pid && state != "Z")
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
 /// Peak resident memory of a process (VmHWM), bytes.
 pub fn peak_rss(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

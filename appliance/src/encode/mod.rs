@@ -29,7 +29,7 @@ use crate::score::{Scores, Vessel};
 use crate::volume::Volume;
 
 /// Site-configurable parts of the results.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EncodeOptions {
     /// Shown across the top of the summary image and stated in the SR.
     pub banner: String,
