@@ -1,25 +1,27 @@
-//! Housekeeping: frees disk by removing delivered series (instances and results) — after the
-//! retention period, and oldest-delivered first whenever free space falls under the receive
-//! watermark, so a full disk costs old, already delivered studies before it costs a refusal.
-//! Nothing undelivered is ever removed.
+//! Housekeeping: frees disk by removing finished series (instances and results): delivered
+//! ones, and rejected ones (not scoreable, such as the localizer every study brings along;
+//! they owe nobody a result) — after the retention period, and oldest-finished first whenever
+//! free space falls under the receive watermark, so a full disk costs old, finished studies
+//! before it costs a refusal. Nothing undelivered is ever removed, nor a failed series (it
+//! waits for an operator).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::queue::{Queue, QueueError, SeriesRecord, SeriesState};
+use crate::queue::{Queue, QueueError, SeriesRecord};
 use crate::store::Store;
 
-/// Removes delivered series older than `retention`. Returns how many series went.
+/// Removes series finished longer than `retention` ago. Returns how many series went.
 pub fn prune(queue: &Queue, store: &Store, retention: Duration) -> Result<usize, QueueError> {
     let _no_admissions = store.pruning();
     let mut n = 0;
     for rec in queue.prunable(retention)? {
-        n += usize::from(remove_delivered(queue, store, &rec)?);
+        n += usize::from(remove_finished(queue, store, &rec)?);
     }
     Ok(n)
 }
 
-/// Removes delivered series, the longest-delivered first, until the store has room under the
+/// Removes finished series, the longest-finished first, until the store has room under the
 /// watermark or none is left. Returns how many series went.
 pub fn prune_for_space(
     queue: &Queue,
@@ -31,24 +33,24 @@ pub fn prune_for_space(
         return Ok(0);
     }
     let _no_admissions = store.pruning();
-    let mut delivered = queue.prunable(Duration::ZERO)?;
-    delivered.sort_by_key(|r| r.delivered_ms);
+    let mut finished = queue.prunable(Duration::ZERO)?;
+    finished.sort_by_key(|r| r.finished_ms());
     let mut n = 0;
-    for rec in delivered {
+    for rec in finished {
         if store.has_room(min_free_bytes, min_free_percent) {
             break;
         }
-        n += usize::from(remove_delivered(queue, store, &rec)?);
+        n += usize::from(remove_finished(queue, store, &rec)?);
     }
     Ok(n)
 }
 
-/// Files first, then the queue record: a crash in between leaves a delivered record without
+/// Files first, then the queue record: a crash in between leaves a finished record without
 /// files, which the next prune removes, rather than files no record points to. The caller holds
 /// `Store::pruning`, so the state read here cannot change before the record goes.
-fn remove_delivered(queue: &Queue, store: &Store, rec: &SeriesRecord) -> Result<bool, QueueError> {
+fn remove_finished(queue: &Queue, store: &Store, rec: &SeriesRecord) -> Result<bool, QueueError> {
     match queue.series(&rec.series_uid)? {
-        Some(cur) if cur.state == SeriesState::Delivered => {}
+        Some(cur) if cur.finished_ms().is_some() => {}
         _ => return Ok(false),
     }
     let series_dir = store.series_dir(&rec.study_uid, &rec.series_uid);

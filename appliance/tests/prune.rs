@@ -108,3 +108,76 @@ fn prune_for_space_removes_delivered_series_only_while_the_disk_is_short() {
     );
     assert_eq!(prune_for_space(&q, &store, u64::MAX, 0.0).unwrap(), 0);
 }
+
+/// Walks a series to the end of scoring with `end` (rejected or failed).
+fn scored_as(q: &Queue, store: &Store, study: &str, series: &str, end: ScoringEnd) -> PathBuf {
+    q.record_instance(study, series, &format!("{series}.1"))
+        .unwrap();
+    let dir = store.series_dir(study, series);
+    files_in(&dir, &["1.dcm"]);
+    assert_eq!(q.complete_quiet(Duration::ZERO).unwrap(), vec![series]);
+    let s = q.start_scoring().unwrap().unwrap();
+    assert!(q.finish_scoring(series, s.generation, end).unwrap());
+    dir
+}
+
+#[test]
+fn rejected_series_are_pruned_like_delivered_ones_and_failed_ones_are_kept() {
+    // Every study brings a localizer the scanner sends along; it is rejected (not
+    // scoreable) and owes nobody a result. Kept forever, such series would fill the disk.
+    let tmp = tempfile::tempdir().unwrap();
+    let q = Queue::open(tmp.path()).unwrap();
+    let store = Store::open(tmp.path()).unwrap();
+    let rejected = scored_as(
+        &q,
+        &store,
+        "1.3.1",
+        "1.3.1.1",
+        ScoringEnd::Rejected {
+            reason: "no axial series".into(),
+        },
+    );
+    let failed = scored_as(
+        &q,
+        &store,
+        "1.3.2",
+        "1.3.2.1",
+        ScoringEnd::Failed {
+            reason: "writing results: disk error".into(),
+        },
+    );
+    assert_eq!(prune(&q, &store, Duration::from_secs(3600)).unwrap(), 0);
+    assert!(rejected.join("1.dcm").exists());
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(prune(&q, &store, Duration::from_millis(10)).unwrap(), 1);
+    assert!(
+        !rejected.exists(),
+        "rejected series removed after the retention"
+    );
+    assert!(q.series("1.3.1.1").unwrap().is_none());
+    assert!(
+        failed.join("1.dcm").exists(),
+        "a failed series waits for an operator"
+    );
+    assert_eq!(
+        q.series("1.3.2.1").unwrap().unwrap().state,
+        SeriesState::Failed
+    );
+
+    // For space too, and still never the failed one.
+    let rejected2 = scored_as(
+        &q,
+        &store,
+        "1.3.3",
+        "1.3.3.1",
+        ScoringEnd::Rejected {
+            reason: "gantry tilt".into(),
+        },
+    );
+    assert_eq!(
+        cacd::housekeeping::prune_for_space(&q, &store, u64::MAX, 0.0).unwrap(),
+        1
+    );
+    assert!(!rejected2.exists());
+    assert!(failed.join("1.dcm").exists());
+}
