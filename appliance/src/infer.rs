@@ -175,6 +175,12 @@ impl Segmenter {
     /// Segments one study. Refuses with [`InferError::HeartNotFound`] when the locator finds
     /// no heart.
     pub fn segment(&self, vol: &Volume) -> Result<Segmentation, InferError> {
+        let mut seg = self.segment_raw(vol)?;
+        drop_fragments(vol.hu.view(), seg.mask.view_mut());
+        Ok(seg)
+    }
+
+    fn segment_raw(&self, vol: &Volume) -> Result<Segmentation, InferError> {
         #[cfg(feature = "cuda-base")]
         if let Some(gpu) = &self.gpu {
             let mut g = gpu.lock().unwrap_or_else(|p| p.into_inner());
@@ -267,6 +273,68 @@ impl Segmenter {
     }
 }
 
+/// A labelled calcification must be mostly labelled. Per slice (Agatston lesions are 2-D), each
+/// 8-connected region of pixels >= 130 HU that the segmenter labelled only in part — less than
+/// [`MIN_LABELLED_FRACTION`] of its pixels — loses its labels. Why: where the networks err,
+/// they label the edge of a large non-coronary calcification (aortic wall, aortic valve,
+/// mitral annulus) that touches a vessel's course; a coronary plaque is labelled whole.
+pub const MIN_LABELLED_FRACTION: f64 = 0.5;
+
+pub fn drop_fragments(hu: ndarray::ArrayView3<i16>, mut mask: ndarray::ArrayViewMut3<u8>) {
+    use ndarray::Axis;
+    let (_, rows, cols) = hu.dim();
+    let mut seen = vec![false; rows * cols];
+    let mut stack = Vec::new();
+    let mut region = Vec::new();
+    for (hu_s, mut mask_s) in hu.axis_iter(Axis(0)).zip(mask.axis_iter_mut(Axis(0))) {
+        seen.iter_mut().for_each(|v| *v = false);
+        for y0 in 0..rows {
+            for x0 in 0..cols {
+                // Regions are entered only through a labelled bright pixel.
+                if seen[y0 * cols + x0]
+                    || mask_s[[y0, x0]] == 0
+                    || hu_s[[y0, x0]] < crate::score::HU_THRESHOLD
+                {
+                    continue;
+                }
+                region.clear();
+                seen[y0 * cols + x0] = true;
+                stack.push((y0, x0));
+                let mut labelled = 0usize;
+                while let Some((y, x)) = stack.pop() {
+                    region.push((y, x));
+                    labelled += usize::from(mask_s[[y, x]] != 0);
+                    for (dy, dx) in [
+                        (-1i64, -1i64),
+                        (-1, 0),
+                        (-1, 1),
+                        (0, -1),
+                        (0, 1),
+                        (1, -1),
+                        (1, 0),
+                        (1, 1),
+                    ] {
+                        let (ny, nx) = (y as i64 + dy, x as i64 + dx);
+                        if ny < 0 || nx < 0 || ny >= rows as i64 || nx >= cols as i64 {
+                            continue;
+                        }
+                        let (ny, nx) = (ny as usize, nx as usize);
+                        if !seen[ny * cols + nx] && hu_s[[ny, nx]] >= crate::score::HU_THRESHOLD {
+                            seen[ny * cols + nx] = true;
+                            stack.push((ny, nx));
+                        }
+                    }
+                }
+                if (labelled as f64) < MIN_LABELLED_FRACTION * region.len() as f64 {
+                    for &(y, x) in &region {
+                        mask_s[[y, x]] = 0;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A GPU failure (the study is redone on the CPU) or a refusal that would happen on either.
 #[cfg(feature = "cuda-base")]
 enum GpuOr {
@@ -297,4 +365,46 @@ fn check_shape(t: &cacd_models::Tensor, e: &ModelEntry) -> Result<(), InferError
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::Array3;
+
+    #[test]
+    fn a_calcification_labelled_only_at_its_edge_loses_its_labels() {
+        let mut hu = Array3::<i16>::from_elem((2, 20, 20), -100);
+        let mut mask = Array3::<u8>::zeros((2, 20, 20));
+        // Slice 0: a 6×6 aortic-wall calcification, labelled RCA on a 2×2 corner only (4 of 36).
+        hu.slice_mut(ndarray::s![0, 2..8, 2..8]).fill(600);
+        mask.slice_mut(ndarray::s![0, 2..4, 2..4]).fill(4);
+        // Slice 0: a plaque labelled whole (LAD), and one labelled on 6 of 9 pixels (kept).
+        hu.slice_mut(ndarray::s![0, 12..15, 12..15]).fill(400);
+        mask.slice_mut(ndarray::s![0, 12..15, 12..15]).fill(2);
+        hu.slice_mut(ndarray::s![0, 16..19, 2..5]).fill(300);
+        mask.slice_mut(ndarray::s![0, 16..18, 2..5]).fill(3);
+        // Slice 1: the same big region labelled whole: kept (the rule is per slice).
+        hu.slice_mut(ndarray::s![1, 2..8, 2..8]).fill(600);
+        mask.slice_mut(ndarray::s![1, 2..8, 2..8]).fill(1);
+        // A label on dark pixels is not a calcification and is left to the scorer.
+        mask[[1, 15, 15]] = 2;
+        let before = mask.clone();
+        drop_fragments(hu.view(), mask.view_mut());
+        assert_eq!(
+            mask.slice(ndarray::s![0, 2..8, 2..8])
+                .iter()
+                .filter(|&&v| v != 0)
+                .count(),
+            0
+        );
+        assert_eq!(
+            mask.slice(ndarray::s![0, 12..19, ..]),
+            before.slice(ndarray::s![0, 12..19, ..])
+        );
+        assert_eq!(
+            mask.slice(ndarray::s![1, .., ..]),
+            before.slice(ndarray::s![1, .., ..])
+        );
+    }
 }
