@@ -138,8 +138,9 @@ fn sigkill_at_random_moments_loses_nothing() {
     );
 }
 
-/// Waits until the daemon has a series in `scoring` and a live worker, and SIGKILLs the worker.
-fn kill_worker_mid_study(serve: &Serve, status: u16) -> u32 {
+/// Waits until the daemon has a series in `scoring` and a live worker, lets the worker get
+/// into the study, and sends it `signal` (`-KILL`, `-STOP`). Returns the worker's pid.
+fn signal_worker_mid_study(serve: &Serve, status: u16, signal: &str) -> u32 {
     let mut victim = None;
     assert!(
         wait_until(Duration::from_secs(120), || {
@@ -154,7 +155,7 @@ fn kill_worker_mid_study(serve: &Serve, status: u16) -> u32 {
     // Let the worker get into the study (it answers nothing until it is done).
     std::thread::sleep(Duration::from_millis(500));
     let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
+        .args([signal, &pid.to_string()])
         .status();
     pid
 }
@@ -183,7 +184,7 @@ fn a_scorer_crash_costs_one_attempt_never_the_daemon() {
     // One crash: scored again and delivered.
     let first = dicom_files(&phantom(tmp.path(), 4300, 30));
     assert_eq!(send(port, &first).acked.len(), first.len());
-    let killed = kill_worker_mid_study(&serve, status);
+    let killed = signal_worker_mid_study(&serve, status, "-KILL");
     assert!(
         wait_until(Duration::from_secs(300), || delivered(status) == 1),
         "not delivered after one worker crash: {:?}",
@@ -198,7 +199,7 @@ fn a_scorer_crash_costs_one_attempt_never_the_daemon() {
     let poison = dicom_files(&phantom(tmp.path(), 4301, 30));
     assert_eq!(send(port, &poison).acked.len(), poison.len());
     for _ in 0..3 {
-        let pid = kill_worker_mid_study(&serve, status);
+        let pid = signal_worker_mid_study(&serve, status, "-KILL");
         assert!(wait_until(Duration::from_secs(30), || !children(
             serve.child.id()
         )
@@ -259,15 +260,7 @@ fn a_hung_scorer_is_stopped_at_the_time_limit_and_the_study_scored_again() {
     let files = dicom_files(&phantom(tmp.path(), 4310, 30));
     assert_eq!(send(port, &files).acked.len(), files.len());
     // SIGSTOP: the worker neither answers nor dies, as a wedged inference engine would.
-    let mut victim = None;
-    assert!(wait_until(Duration::from_secs(120), || {
-        victim = children(serve.child.id()).first().copied();
-        queue_counts(status).get("scoring").copied().unwrap_or(0) > 0 && victim.is_some()
-    }));
-    let pid = victim.unwrap();
-    let _ = std::process::Command::new("kill")
-        .args(["-STOP", &pid.to_string()])
-        .status();
+    let pid = signal_worker_mid_study(&serve, status, "-STOP");
     assert!(
         wait_until(Duration::from_secs(300), || delivered(status) == 1),
         "not delivered after a hung worker: {:?}",
