@@ -9,12 +9,15 @@
 //! preprocessing on the CPU.
 
 use crate::preprocess::{self, GridSpec, HeartBox, PreprocessError};
+use crate::refine::{self, Rules};
 use crate::result::ModelInfo;
+use crate::score::Lesion;
 use crate::volume::Volume;
 use cacd_models::{
     load_engine, Engine, EngineKind, EngineOptions, Manifest, ModelEntry, ModelError,
 };
 use ndarray::Array3;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 
@@ -44,8 +47,42 @@ pub struct Segmentation {
     /// Native grid `[z, y, x]`: 0, or a `Vessel` label for calcium candidates (HU ≥ 130).
     pub mask: Array3<u8>,
     pub heart: HeartBox,
+    /// Probability of coronary calcium (1 − background) at each labelled voxel `[z, y, x]`.
+    pub calcium_prob: HashMap<[usize; 3], f32>,
+    /// Image noise σ (HU) measured on the study's soft tissue ([`refine::noise_sigma`]).
+    pub noise_hu: Option<f64>,
     pub preprocess_ms: u64,
     pub infer_ms: u64,
+}
+
+impl Segmentation {
+    /// Mean calcium probability over a lesion's pixels (0 for a pixel the map lacks).
+    pub fn lesion_confidence(&self, lesion: &Lesion) -> f64 {
+        lesion_confidence(&self.calcium_prob, lesion)
+    }
+}
+
+fn lesion_confidence(calcium_prob: &HashMap<[usize; 3], f32>, lesion: &Lesion) -> f64 {
+    if lesion.pixels.is_empty() {
+        return 0.0;
+    }
+    let sum: f64 = lesion
+        .pixels
+        .iter()
+        .map(|&(y, x)| {
+            let p = calcium_prob.get(&[lesion.slice, y as usize, x as usize]);
+            f64::from(p.copied().unwrap_or(0.0))
+        })
+        .sum();
+    sum / lesion.pixels.len() as f64
+}
+
+/// What the networks produced before the mask rules: the mask, the segmenter's probabilities
+/// and the grid they lie on.
+struct RawSegmentation {
+    seg: Segmentation,
+    probs: cacd_models::Tensor,
+    grid: preprocess::FineGrid,
 }
 
 /// Both networks, loaded and verified once, serving every study.
@@ -56,6 +93,8 @@ pub struct Segmenter {
     calcium_entry: ModelEntry,
     heart_grid: GridSpec,
     calcium_grid: GridSpec,
+    /// The `refine` thresholds the calcium model's manifest entry asks for.
+    rules: Rules,
     /// GPU preprocessing, one study at a time (its device buffers are reused across studies).
     #[cfg(feature = "cuda-base")]
     gpu: Option<std::sync::Mutex<crate::gpu::GpuPreprocessor>>,
@@ -109,6 +148,7 @@ impl Segmenter {
                 calcium_entry.name, calcium_grid.channels
             )));
         }
+        let rules = Rules::from_entry(&calcium_entry);
         let heart = load_engine(kind, &heart_entry, model_dir, opts)?;
         let calcium = load_engine(kind, &calcium_entry, model_dir, opts)?;
         Ok(Segmenter {
@@ -118,6 +158,7 @@ impl Segmenter {
             calcium_entry,
             heart_grid,
             calcium_grid,
+            rules,
             #[cfg(feature = "cuda-base")]
             gpu: None,
         })
@@ -167,6 +208,11 @@ impl Segmenter {
         &self.heart_entry
     }
 
+    /// The `refine` thresholds in use (from the calcium model's manifest entry).
+    pub fn rules(&self) -> &Rules {
+        &self.rules
+    }
+
     /// The calcium segmenter's manifest entry.
     pub fn calcium_entry(&self) -> &ModelEntry {
         &self.calcium_entry
@@ -175,12 +221,30 @@ impl Segmenter {
     /// Segments one study. Refuses with [`InferError::HeartNotFound`] when the locator finds
     /// no heart.
     pub fn segment(&self, vol: &Volume) -> Result<Segmentation, InferError> {
-        let mut seg = self.segment_raw(vol)?;
-        drop_fragments(vol.hu.view(), seg.mask.view_mut());
+        let RawSegmentation {
+            mut seg,
+            probs,
+            grid,
+        } = self.segment_raw(vol)?;
+        let t = Instant::now();
+        refine::drop_fragments(vol.hu.view(), seg.mask.view_mut());
+        seg.calcium_prob = preprocess::calcium_prob_at_labels(&probs, &grid, seg.mask.view())?;
+        seg.noise_hu = refine::noise_sigma(vol.hu.view());
+        let probs_of = seg.calcium_prob.clone();
+        let confidence = |l: &Lesion| lesion_confidence(&probs_of, l);
+        refine::drop_faint_lesions(
+            vol.hu.view(),
+            vol.geometry.spacing,
+            &mut seg.mask,
+            confidence,
+            seg.noise_hu,
+            &self.rules,
+        );
+        seg.preprocess_ms += t.elapsed().as_millis() as u64;
         Ok(seg)
     }
 
-    fn segment_raw(&self, vol: &Volume) -> Result<Segmentation, InferError> {
+    fn segment_raw(&self, vol: &Volume) -> Result<RawSegmentation, InferError> {
         #[cfg(feature = "cuda-base")]
         if let Some(gpu) = &self.gpu {
             let mut g = gpu.lock().unwrap_or_else(|p| p.into_inner());
@@ -201,7 +265,7 @@ impl Segmenter {
         &self,
         vol: &Volume,
         g: &mut crate::gpu::GpuPreprocessor,
-    ) -> Result<Segmentation, GpuOr> {
+    ) -> Result<RawSegmentation, GpuOr> {
         let (mut pre, mut inf) = (0u128, 0u128);
         let t = Instant::now();
         g.upload_hu(vol.hu.view())?;
@@ -228,16 +292,22 @@ impl Segmenter {
         let t = Instant::now();
         let mask = g.fine_to_native_mask(&probs, &fine_grid, vol)?;
         pre += t.elapsed().as_micros();
-        Ok(Segmentation {
-            mask,
-            heart,
-            preprocess_ms: (pre / 1000) as u64,
-            infer_ms: (inf / 1000) as u64,
+        Ok(RawSegmentation {
+            seg: Segmentation {
+                mask,
+                heart,
+                calcium_prob: HashMap::new(),
+                noise_hu: None,
+                preprocess_ms: (pre / 1000) as u64,
+                infer_ms: (inf / 1000) as u64,
+            },
+            probs,
+            grid: fine_grid,
         })
     }
 
     /// [`Segmenter::segment`] on the CPU (the reference path).
-    fn segment_cpu(&self, vol: &Volume) -> Result<Segmentation, InferError> {
+    fn segment_cpu(&self, vol: &Volume) -> Result<RawSegmentation, InferError> {
         let (mut pre, mut inf) = (0u128, 0u128);
 
         let t = Instant::now();
@@ -264,74 +334,18 @@ impl Segmenter {
         let mask = preprocess::fine_to_native_mask(&probs, &fine_grid, vol)?;
         pre += t.elapsed().as_micros();
 
-        Ok(Segmentation {
-            mask,
-            heart,
-            preprocess_ms: (pre / 1000) as u64,
-            infer_ms: (inf / 1000) as u64,
+        Ok(RawSegmentation {
+            seg: Segmentation {
+                mask,
+                heart,
+                calcium_prob: HashMap::new(),
+                noise_hu: None,
+                preprocess_ms: (pre / 1000) as u64,
+                infer_ms: (inf / 1000) as u64,
+            },
+            probs,
+            grid: fine_grid,
         })
-    }
-}
-
-/// A labelled calcification must be mostly labelled. Per slice (Agatston lesions are 2-D), each
-/// 8-connected region of pixels >= 130 HU that the segmenter labelled only in part — less than
-/// [`MIN_LABELLED_FRACTION`] of its pixels — loses its labels. Why: where the networks err,
-/// they label the edge of a large non-coronary calcification (aortic wall, aortic valve,
-/// mitral annulus) that touches a vessel's course; a coronary plaque is labelled whole.
-pub const MIN_LABELLED_FRACTION: f64 = 0.5;
-
-pub fn drop_fragments(hu: ndarray::ArrayView3<i16>, mut mask: ndarray::ArrayViewMut3<u8>) {
-    use ndarray::Axis;
-    let (_, rows, cols) = hu.dim();
-    let mut seen = vec![false; rows * cols];
-    let mut stack = Vec::new();
-    let mut region = Vec::new();
-    for (hu_s, mut mask_s) in hu.axis_iter(Axis(0)).zip(mask.axis_iter_mut(Axis(0))) {
-        seen.iter_mut().for_each(|v| *v = false);
-        for y0 in 0..rows {
-            for x0 in 0..cols {
-                // Regions are entered only through a labelled bright pixel.
-                if seen[y0 * cols + x0]
-                    || mask_s[[y0, x0]] == 0
-                    || hu_s[[y0, x0]] < crate::score::HU_THRESHOLD
-                {
-                    continue;
-                }
-                region.clear();
-                seen[y0 * cols + x0] = true;
-                stack.push((y0, x0));
-                let mut labelled = 0usize;
-                while let Some((y, x)) = stack.pop() {
-                    region.push((y, x));
-                    labelled += usize::from(mask_s[[y, x]] != 0);
-                    for (dy, dx) in [
-                        (-1i64, -1i64),
-                        (-1, 0),
-                        (-1, 1),
-                        (0, -1),
-                        (0, 1),
-                        (1, -1),
-                        (1, 0),
-                        (1, 1),
-                    ] {
-                        let (ny, nx) = (y as i64 + dy, x as i64 + dx);
-                        if ny < 0 || nx < 0 || ny >= rows as i64 || nx >= cols as i64 {
-                            continue;
-                        }
-                        let (ny, nx) = (ny as usize, nx as usize);
-                        if !seen[ny * cols + nx] && hu_s[[ny, nx]] >= crate::score::HU_THRESHOLD {
-                            seen[ny * cols + nx] = true;
-                            stack.push((ny, nx));
-                        }
-                    }
-                }
-                if (labelled as f64) < MIN_LABELLED_FRACTION * region.len() as f64 {
-                    for &(y, x) in &region {
-                        mask_s[[y, x]] = 0;
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -365,46 +379,4 @@ fn check_shape(t: &cacd_models::Tensor, e: &ModelEntry) -> Result<(), InferError
         });
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use ndarray::Array3;
-
-    #[test]
-    fn a_calcification_labelled_only_at_its_edge_loses_its_labels() {
-        let mut hu = Array3::<i16>::from_elem((2, 20, 20), -100);
-        let mut mask = Array3::<u8>::zeros((2, 20, 20));
-        // Slice 0: a 6×6 aortic-wall calcification, labelled RCA on a 2×2 corner only (4 of 36).
-        hu.slice_mut(ndarray::s![0, 2..8, 2..8]).fill(600);
-        mask.slice_mut(ndarray::s![0, 2..4, 2..4]).fill(4);
-        // Slice 0: a plaque labelled whole (LAD), and one labelled on 6 of 9 pixels (kept).
-        hu.slice_mut(ndarray::s![0, 12..15, 12..15]).fill(400);
-        mask.slice_mut(ndarray::s![0, 12..15, 12..15]).fill(2);
-        hu.slice_mut(ndarray::s![0, 16..19, 2..5]).fill(300);
-        mask.slice_mut(ndarray::s![0, 16..18, 2..5]).fill(3);
-        // Slice 1: the same big region labelled whole: kept (the rule is per slice).
-        hu.slice_mut(ndarray::s![1, 2..8, 2..8]).fill(600);
-        mask.slice_mut(ndarray::s![1, 2..8, 2..8]).fill(1);
-        // A label on dark pixels is not a calcification and is left to the scorer.
-        mask[[1, 15, 15]] = 2;
-        let before = mask.clone();
-        drop_fragments(hu.view(), mask.view_mut());
-        assert_eq!(
-            mask.slice(ndarray::s![0, 2..8, 2..8])
-                .iter()
-                .filter(|&&v| v != 0)
-                .count(),
-            0
-        );
-        assert_eq!(
-            mask.slice(ndarray::s![0, 12..19, ..]),
-            before.slice(ndarray::s![0, 12..19, ..])
-        );
-        assert_eq!(
-            mask.slice(ndarray::s![1, .., ..]),
-            before.slice(ndarray::s![1, .., ..])
-        );
-    }
 }

@@ -1,7 +1,7 @@
 //! cacd: coronary artery calcium scoring for low-dose chest CT.
 //!
 //! Data flows one way through named stages, one module each:
-//! receive → store → assemble → preprocess → infer → score → encode → forward.
+//! receive → store → assemble → preprocess → infer → refine → score → encode → forward.
 //! The compute stages (`assemble` onwards to `encode`) are pure functions over the plain
 //! types in [`volume`]; the daemon only wires stages to the queue.
 
@@ -25,6 +25,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod queue;
 pub mod receive;
+pub mod refine;
 pub mod reports;
 pub mod result;
 pub mod score;

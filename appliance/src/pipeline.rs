@@ -13,6 +13,7 @@ use crate::assemble::{self, AssembleError};
 use crate::encode::{self, EncodeInput, EncodeOptions, Encoded};
 pub use crate::fsutil::write_atomic;
 use crate::infer::Segmenter;
+use crate::refine;
 use crate::result::{ModelInfo, Quality, ResultJson, Timings};
 use crate::score::{self, Scores};
 use crate::volume::Volume;
@@ -175,10 +176,19 @@ impl Pipeline {
         };
 
         let t = Instant::now();
-        let scores = score::score(volume.hu.view(), seg.mask.view(), volume.geometry.spacing);
+        let mut scores = score::score(volume.hu.view(), seg.mask.view(), volume.geometry.spacing);
+        for lesion in &mut scores.lesions {
+            lesion.confidence = Some(seg.lesion_confidence(lesion));
+            let slice = volume.hu.index_axis(ndarray::Axis(0), lesion.slice);
+            lesion.contrast_hu = Some(refine::lesion_contrast(
+                slice,
+                &lesion.pixels,
+                lesion.peak_hu,
+            ));
+        }
         let score_ms = ms(t);
 
-        let quality = quality_of(&volume);
+        let quality = quality_of(&volume, seg.noise_hu, self.segmenter.rules());
         let model = self.segmenter.model_info();
 
         let t = Instant::now();
@@ -230,8 +240,11 @@ fn rejected_from(e: &AssembleError) -> ResultJson {
     ResultJson::rejected("", "", &e.reason())
 }
 
+/// Image noise (HU) above which result.json warns that faint calcium goes uncounted.
+const HIGH_NOISE_HU: f64 = 35.0;
+
 /// Quality facts and warnings a reader of the score should know.
-fn quality_of(volume: &Volume) -> Quality {
+fn quality_of(volume: &Volume, noise_hu: Option<f64>, rules: &crate::refine::Rules) -> Quality {
     let spacing = volume.geometry.spacing[0];
     let mut warnings = Vec::new();
     match volume.meta.kvp {
@@ -253,10 +266,17 @@ fn quality_of(volume: &Volume) -> Quality {
             "slice spacing {spacing:.2} mm differs from the 2.5–3 mm the Agatston reference populations used"
         ));
     }
+    if let Some(sigma) = noise_hu.filter(|s| *s > HIGH_NOISE_HU && rules.min_contrast_sigma > 0.0) {
+        warnings.push(format!(
+            "image noise σ {sigma:.0} HU: calcifications peaking less than {:.0} HU above their surroundings are not counted",
+            rules.min_contrast_sigma * sigma
+        ));
+    }
     Quality {
         slice_thickness_mm: volume.meta.slice_thickness_mm,
         slice_spacing_mm: Some((spacing * 1000.0).round() / 1000.0),
         kvp: volume.meta.kvp,
+        noise_hu: noise_hu.map(|n| (n * 10.0).round() / 10.0),
         warnings,
     }
 }

@@ -14,6 +14,7 @@
 use crate::volume::Volume;
 use cacd_models::{ModelEntry, Tensor};
 use ndarray::{Array3, ArrayView3};
+use std::collections::HashMap;
 
 /// HU written where a model grid reaches outside the scanned volume (air).
 pub const PAD_HU: f32 = -1000.0;
@@ -477,6 +478,41 @@ pub fn fine_to_native_mask(
     Ok(mask)
 }
 
+/// Probability of coronary calcium (1 − background, trilinearly interpolated as in
+/// [`fine_to_native_mask`]) at every labelled voxel of `mask`, keyed by `[z, y, x]`. Only the
+/// labelled voxels are looked up: a few thousand per study, where the whole grid is millions.
+pub fn calcium_prob_at_labels(
+    probs: &Tensor,
+    grid: &FineGrid,
+    mask: ArrayView3<u8>,
+) -> Result<HashMap<[usize; 3], f32>, PreprocessError> {
+    check_probs(probs, grid)?;
+    let [_, h, w] = grid.spec.shape;
+    let tap = |a: usize, i: usize| {
+        let n = grid.spec.shape[a];
+        let f = grid.from_native(a, i as f64).clamp(0.0, (n - 1) as f64);
+        let i0 = (f.floor() as usize).min(n - 1);
+        ((i0, (i0 + 1).min(n - 1)), (f - i0 as f64) as f32)
+    };
+    let mut out = HashMap::new();
+    for ((z, y, x), &label) in mask.indexed_iter() {
+        if label == 0 {
+            continue;
+        }
+        let ((z0, z1), wz) = tap(0, z);
+        let ((y0, y1), wy) = tap(1, y);
+        let ((x0, x1), wx) = tap(2, x);
+        let at = |cz: usize, cy: usize, cx: usize| probs.data[(cz * h + cy) * w + cx];
+        let bg = (1.0 - wz)
+            * ((1.0 - wy) * ((1.0 - wx) * at(z0, y0, x0) + wx * at(z0, y0, x1))
+                + wy * ((1.0 - wx) * at(z0, y1, x0) + wx * at(z0, y1, x1)))
+            + wz * ((1.0 - wy) * ((1.0 - wx) * at(z1, y0, x0) + wx * at(z1, y0, x1))
+                + wy * ((1.0 - wx) * at(z1, y1, x0) + wx * at(z1, y1, x1)));
+        out.insert([z, y, x], (1.0 - bg).clamp(0.0, 1.0));
+    }
+    Ok(out)
+}
+
 /// Checks the segmenter's output `[1, K, D, H, W]` against the fine grid (2 ≤ K ≤ 255) and
 /// returns K. Shared by the CPU and GPU mappings back to the native grid.
 pub fn check_probs(probs: &Tensor, grid: &FineGrid) -> Result<usize, PreprocessError> {
@@ -671,6 +707,60 @@ mod tests {
             data: vec![0.0; 24],
         };
         assert!(fine_to_native_mask(&bad, &grid, &vol).is_err());
+    }
+
+    #[test]
+    fn calcium_probability_is_interpolated_at_labelled_voxels_only() {
+        // Background probability rises linearly along fine x (0 at x = 0, 1 at the last
+        // column); trilinear interpolation of a ramp is exact, so every labelled native voxel
+        // must get 1 − ramp at its fine position, clamped at the crop's edge.
+        let vol = volume(
+            Array3::from_elem((20, 40, 40), 300i16),
+            [1.0, 0.5, 0.5],
+            [0.0; 3],
+        );
+        let s = spec([2.0, 1.0, 1.0], [6, 10, 10], 4);
+        let grid = ModelGrid::at_patient(&vol, &s, vol.geometry.index_to_patient(9.5, 19.5, 19.5));
+        let (d, h, w) = (6, 10, 10);
+        let mut data = vec![0f32; 2 * d * h * w];
+        for z in 0..d {
+            for y in 0..h {
+                for x in 0..w {
+                    let bg = x as f32 / (w - 1) as f32;
+                    data[(z * h + y) * w + x] = bg;
+                    data[((d + z) * h + y) * w + x] = 1.0 - bg;
+                }
+            }
+        }
+        let probs = Tensor {
+            shape: vec![1, 2, d, h, w],
+            data,
+        };
+        let mut mask = Array3::<u8>::zeros((20, 40, 40));
+        for (z, y, x) in [
+            (9, 19, 12),
+            (9, 19, 19),
+            (10, 20, 27),
+            (3, 5, 0),
+            (19, 39, 39),
+        ] {
+            mask[[z, y, x]] = 2;
+        }
+        let p = calcium_prob_at_labels(&probs, &grid, mask.view()).expect("shapes match");
+        assert_eq!(p.len(), 5, "one value per labelled voxel, none elsewhere");
+        for ([z, y, x], v) in p {
+            let f = grid.from_native(2, x as f64).clamp(0.0, (w - 1) as f64);
+            let expect = 1.0 - f / (w - 1) as f64;
+            assert!(
+                (f64::from(v) - expect).abs() < 1e-5,
+                "at {z},{y},{x}: {v} vs {expect}"
+            );
+        }
+        let bad = Tensor {
+            shape: vec![1, 2, 2, 2, 2],
+            data: vec![0.0; 16],
+        };
+        assert!(calcium_prob_at_labels(&bad, &grid, mask.view()).is_err());
     }
 
     #[test]

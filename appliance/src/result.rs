@@ -24,6 +24,9 @@ pub struct Quality {
     /// Spacing between slice positions along the normal (what the score uses).
     pub slice_spacing_mm: Option<f64>,
     pub kvp: Option<f64>,
+    /// Image noise σ (HU) measured on soft tissue; the `refine` stage's yardstick.
+    #[serde(default)]
+    pub noise_hu: Option<f64>,
     pub warnings: Vec<String>,
 }
 
@@ -44,6 +47,13 @@ pub struct LesionJson {
     pub area_mm2: f64,
     pub peak_hu: i16,
     pub agatston: f64,
+    /// Mean calcium probability the segmenter gave the lesion's pixels, 0–1 (absent in
+    /// results written before this field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Peak HU minus the median HU of the pixels around the lesion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_hu: Option<f64>,
 }
 
 impl From<&Lesion> for LesionJson {
@@ -54,6 +64,8 @@ impl From<&Lesion> for LesionJson {
             area_mm2: round(l.area_mm2, 3),
             peak_hu: l.peak_hu,
             agatston: round(l.agatston, 3),
+            confidence: l.confidence.map(|c| round(c, 3)),
+            contrast_hu: l.contrast_hu,
         }
     }
 }

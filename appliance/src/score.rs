@@ -57,6 +57,14 @@ pub struct Lesion {
     pub peak_hu: i16,
     /// This lesion's contribution to the total: area × density weight × spacing / 3.
     pub agatston: f64,
+    /// Mean probability of coronary calcium the segmenter gave the lesion's pixels (0–1);
+    /// `None` where no network was involved (the phantom's ground truth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confidence: Option<f64>,
+    /// Peak HU minus the median HU around the lesion (`refine::lesion_contrast`); `None` for
+    /// the ground truth.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast_hu: Option<f64>,
     /// Pixels `(y, x)` of the lesion; used by the encoders, not serialised in result.json.
     #[serde(skip)]
     pub pixels: Vec<(u32, u32)>,
@@ -233,6 +241,8 @@ pub fn score(hu: ArrayView3<i16>, mask: ArrayView3<u8>, spacing: [f64; 3]) -> Sc
                     area_mm2: area,
                     peak_hu: peak,
                     agatston,
+                    confidence: None,
+                    contrast_hu: None,
                     pixels,
                 });
             }

@@ -69,6 +69,8 @@ fn main() -> anyhow::Result<()> {
         hu_scale: 1000.0,
         labels: (0..5).map(|i| format!("class{i}")).collect(),
         training: String::new(),
+        min_lesion_confidence: None,
+        min_lesion_contrast_sigma: None,
     };
     if let Some(k) = labels {
         entry.labels = (0..k).map(|i| format!("class{i}")).collect();

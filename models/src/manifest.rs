@@ -49,6 +49,16 @@ pub struct ModelEntry {
     pub hu_scale: f32,
     pub labels: Vec<String>,
     pub training: String,
+    /// Calcium segmenter only: a lesion whose mean calcium probability (1 − background,
+    /// averaged over its pixels) is below this is dropped. Calibrated per model on held-out
+    /// phantoms, so it lives with the model; absent = 0 (keep every lesion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lesion_confidence: Option<f64>,
+    /// Calcium segmenter only: a lesion whose peak stands out from its surroundings by less
+    /// than this many times the study's noise σ is dropped (cacd's `refine` stage); absent =
+    /// 0 (off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lesion_contrast_sigma: Option<f64>,
 }
 
 /// The roles the pipeline knows how to use.

@@ -72,7 +72,7 @@ def toml_str(s):
     return json.dumps(s)
 
 
-def entry(role, precision, file, grid, training):
+def entry(role, precision, file, grid, training, refine=None):
     lines = [
         "[[model]]",
         f"name = {toml_str(NAMES[role])}",
@@ -91,6 +91,10 @@ def entry(role, precision, file, grid, training):
         f"labels = [{', '.join(toml_str(l) for l in grid['labels'])}]",
         f"training = {toml_str(training)}",
     ]
+    # cacd's refine-stage thresholds, calibrated after export (bench/accuracy/calibrate.py).
+    for key, value in (refine or {}).items():
+        if value:
+            lines.append(f"{key} = {float(value)!r}")
     return "\n".join(lines) + "\n"
 
 
@@ -103,6 +107,10 @@ def main():
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--calib", type=int, default=8, help="crops used for int8 calibration")
     ap.add_argument("--training-note", default="")
+    ap.add_argument("--min-lesion-confidence", type=float, default=0.0,
+                    help="calcium model: refine threshold from bench/accuracy/calibrate.py (0: off)")
+    ap.add_argument("--min-lesion-contrast-sigma", type=float, default=0.0,
+                    help="calcium model: refine threshold from bench/accuracy/calibrate.py (0: off)")
     args = ap.parse_args()
     VERSION = args.version
     torch.set_num_threads(2)
@@ -137,7 +145,11 @@ def main():
         ).strip()
         for precision, f in [("fp32", fp32), ("int8", int8)]:
             note = training if precision == "fp32" else training + f" int8: quantize_static QDQ, {len(calib_dirs)} training crops for calibration."
-            out.append(entry(role, precision, f, g, note))
+            refine = None if role == "heart" else {
+                "min_lesion_confidence": args.min_lesion_confidence,
+                "min_lesion_contrast_sigma": args.min_lesion_contrast_sigma,
+            }
+            out.append(entry(role, precision, f, g, note, refine))
     header = "# Written by models/training/export.py; see models/training/README.md to reproduce.\n\n"
     (models / "manifest.toml").write_text(header + "\n".join(out))
     print((models / "manifest.toml").read_text())

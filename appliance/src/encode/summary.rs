@@ -839,6 +839,8 @@ mod tests {
             area_mm2: 1.0,
             peak_hu: 300,
             agatston,
+            confidence: None,
+            contrast_hu: None,
             pixels: vec![(1, 1)],
         }
     }
