@@ -10,7 +10,7 @@
 //!   noise ([`noise_sigma`]) and the segmenter's mean probability over it reaches
 //!   [`Rules::min_confidence`].
 //!
-//! The thresholds were calibrated on held-out phantoms (seeds 90001–90060, never the
+//! The thresholds were calibrated on held-out phantoms (seeds 90001–90120, never the
 //! benchmark's) and live in the model's manifest, so a retrained model carries its own.
 
 use crate::score::{self, Lesion};
