@@ -12,10 +12,8 @@ THREADS=${THREADS:-2}
 RUNS=${RUNS:-5}
 cargo build --release -q -p cacd-models --features onnxruntime --example probe
 PROBE=target/release/examples/probe
-if [ -z "${ORT_DYLIB_PATH:-}" ]; then
-  ORT_DYLIB_PATH="$(python3 -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])')"
-  export ORT_DYLIB_PATH
-fi
+ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib)}"
+export ORT_DYLIB_PATH
 python3 -c 'import torch, onnx2torch' 2>/dev/null || python3 -m pip install --quiet torch onnx2torch
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); threads $THREADS; $RUNS runs each"
 declare -A med

@@ -5,9 +5,7 @@
 #   bench/scale/run.sh        (STUDIES=8 RUNS=3 ENGINE=tract LEVELS="1 2 3 4")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-if [ -z "${ORT_DYLIB_PATH:-}" ]; then
-  ORT_DYLIB_PATH="$(python3 -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])' 2>/dev/null || true)"
-  export ORT_DYLIB_PATH
-fi
+ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib || true)}"
+export ORT_DYLIB_PATH
 [ -n "${CACD:-}" ] || cargo build --release -q -p cacd --all-features
 exec python3 bench/scale/bench.py

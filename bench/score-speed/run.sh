@@ -10,10 +10,8 @@ CACD=${CACD:-target/release/cacd}
 RUNS=${RUNS:-5}
 work=$(mktemp -d /tmp/cacd-speed.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-if [ -z "${ORT_DYLIB_PATH:-}" ]; then
-  ORT_DYLIB_PATH="$(python3 -c 'import glob, os, onnxruntime; print(sorted(glob.glob(os.path.join(os.path.dirname(onnxruntime.__file__), "capi", "libonnxruntime.so*")))[0])' 2>/dev/null || true)"
-  export ORT_DYLIB_PATH
-fi
+ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib || true)}"
+export ORT_DYLIB_PATH
 "$CACD" phantom --out "$work/study" --seed 100777 --burden moderate --thickness 1.0 --slices 120 >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "study: 512x512x120, 1.0 mm, $(du -sh "$work/study" | cut -f1)"
