@@ -53,6 +53,20 @@ def models_without_rules(src, dst):
     open(path, "w").write("\n".join(l for l in lines if not l.startswith(KEYS)) + "\n")
 
 
+def calcium_sha(model_dir, precision):
+    """sha256 of the calcium model at `precision`, from the manifest."""
+    entry = {}
+    for line in open(os.path.join(model_dir, "manifest.toml")).read().splitlines() + ["[[model]]"]:
+        if line.startswith("[[model]]"):
+            if entry.get("role") == "calcium" and entry.get("precision") == precision:
+                return entry["sha256"]
+            entry = {}
+        elif " = " in line:
+            key, value = line.split(" = ", 1)
+            entry[key.strip()] = value.strip().strip('"')
+    sys.exit(f"no calcium model at precision {precision} in {model_dir}")
+
+
 def replay(studies, min_conf, min_sigma):
     truth, pred, agree, free_max = [], [], 0, 0.0
     for t, r in studies:
@@ -92,6 +106,7 @@ def main():
     model_dir = os.path.join(work, "models-no-rules")
     shutil.rmtree(model_dir, ignore_errors=True)
     models_without_rules(args.models, model_dir)
+    tag = calcium_sha(model_dir, args.precision)[:12]
 
     studies = []
     seed = args.seed_base
@@ -99,10 +114,12 @@ def main():
         for i in range(args.per_burden):
             seed += 1
             d = os.path.join(work, f"{burden}-{seed}")
-            out = os.path.join(d, f"out-{args.engine}-{args.precision}")
-            if not os.path.exists(os.path.join(out, "result.json")):
+            # Phantoms are reused across runs; results are kept per model (its calcium sha256).
+            out = os.path.join(d, f"out-{args.engine}-{args.precision}-{tag}")
+            if not os.path.exists(os.path.join(d, "dicom", "truth.json")):
                 run([args.cacd, "phantom", "--out", os.path.join(d, "dicom"), "--seed", str(seed),
                      "--burden", burden, "--thickness", str(THICKNESSES[i % len(THICKNESSES)])])
+            if not os.path.exists(os.path.join(out, "result.json")):
                 run([args.cacd, "score", os.path.join(d, "dicom"), "--out", out, "--engine", args.engine,
                      "--precision", args.precision, "--model-dir", model_dir])
             studies.append((json.load(open(os.path.join(d, "dicom", "truth.json"))),
