@@ -344,6 +344,7 @@ fn load_scorer(
                     sha256: String::new(),
                     precision: String::new(),
                     engine: String::new(),
+                    preprocessing: None,
                 }));
                 return Some(s);
             }

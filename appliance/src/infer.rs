@@ -51,6 +51,8 @@ pub struct Segmentation {
     pub calcium_prob: HashMap<[usize; 3], f32>,
     /// Image noise σ (HU) measured on the study's soft tissue ([`refine::noise_sigma`]).
     pub noise_hu: Option<f64>,
+    /// Where this study's resampling ran: "gpu" or "cpu".
+    pub preprocess_device: &'static str,
     pub preprocess_ms: u64,
     pub infer_ms: u64,
 }
@@ -200,6 +202,7 @@ impl Segmenter {
             sha256: self.calcium_entry.sha256.clone(),
             precision: self.calcium_entry.precision.clone(),
             engine: self.calcium.engine_name().to_string(),
+            preprocessing: Some(self.preprocessing_device().to_string()),
         }
     }
 
@@ -298,6 +301,7 @@ impl Segmenter {
                 heart,
                 calcium_prob: HashMap::new(),
                 noise_hu: None,
+                preprocess_device: "gpu",
                 preprocess_ms: (pre / 1000) as u64,
                 infer_ms: (inf / 1000) as u64,
             },
@@ -340,6 +344,7 @@ impl Segmenter {
                 heart,
                 calcium_prob: HashMap::new(),
                 noise_hu: None,
+                preprocess_device: "cpu",
                 preprocess_ms: (pre / 1000) as u64,
                 infer_ms: (inf / 1000) as u64,
             },

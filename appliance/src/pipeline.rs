@@ -189,7 +189,8 @@ impl Pipeline {
         let score_ms = ms(t);
 
         let quality = quality_of(&volume, seg.noise_hu, self.segmenter.rules());
-        let model = self.segmenter.model_info();
+        let mut model = self.segmenter.model_info();
+        model.preprocessing = Some(seg.preprocess_device.to_string());
 
         let t = Instant::now();
         let encoded = match encode::encode_all(&EncodeInput {

@@ -16,6 +16,10 @@ pub struct ModelInfo {
     pub precision: String,
     /// "tract-cpu" | "ort-cpu" | …
     pub engine: String,
+    /// Where the resampling ran for this study: "gpu" (feature `cuda`) or "cpu" (also after a
+    /// per-study GPU fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocessing: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

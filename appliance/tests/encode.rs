@@ -44,6 +44,7 @@ fn model() -> ModelInfo {
         sha256: "5f1e0c9a8b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f".into(),
         precision: "int8".into(),
         engine: "tract-cpu".into(),
+        preprocessing: None,
     }
 }
 

@@ -4,7 +4,8 @@
 #   bash bench/gpu/run.sh
 # Steps: device facts, parity tests (GPU vs CPU), the CPU fallback without NVRTC, the bench
 # (kernels vs copy bandwidth, CPU path, whole preprocessing), the PyTorch reference, and a
-# side-by-side summary. Every step runs under `timeout`, a failing step does not stop the
+# side-by-side summary, then the whole pipeline (bench/gpu/pipeline.sh: `cacd score` with GPU
+# preprocessing and with --engine tensorrt against the CPU path). Every step runs under `timeout`, a failing step does not stop the
 # others, and the whole script stays inside a 285 s budget. Logs and JSON go to $OUT (the
 # device runner's result folder) or /tmp/cacd-gpu-bench.
 set -u
@@ -51,7 +52,7 @@ step() {
 }
 
 echo "cacd GPU preprocessing check, $(date -u +%FT%TZ), host $(hostname)"
-for b in cacd-gpu-bench gpu_parity; do
+for b in cacd-gpu-bench gpu_parity cacd; do
   if [ -f "$PACKED/$b.gz" ]; then
     gzip -dc "$PACKED/$b.gz" > "$BIN/$b" && chmod +x "$BIN/$b"
   elif [ -x "$PACKED/$b" ]; then
@@ -108,6 +109,9 @@ print(f"\nCPU path {cpu:.1f} ms; GPU whole preprocessing {gpu_total:.2f} ms (wal
       f"= {cpu / gpu_total:.1f}x (target >= 20x); kernels only {kern:.3f} ms = {cpu / kern:.0f}x")
 print(f"parity at full size: {ours['parity']}")
 PYEOF
+
+# Last, so it never takes the kernels' time: whatever budget is left, at most 60 s.
+step "pipeline" 60 bash bench/gpu/pipeline.sh "$BIN/cacd" /tmp/cacd-gpu-pipeline "$RES/pipeline"
 
 echo
 echo "=================================================================="
