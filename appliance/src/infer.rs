@@ -87,6 +87,33 @@ struct RawSegmentation {
     grid: preprocess::FineGrid,
 }
 
+impl RawSegmentation {
+    /// `pre_us` / `inf_us`: microseconds spent preprocessing and in the engines.
+    fn new(
+        mask: Array3<u8>,
+        heart: HeartBox,
+        probs: cacd_models::Tensor,
+        grid: preprocess::FineGrid,
+        device: &'static str,
+        pre_us: u128,
+        inf_us: u128,
+    ) -> Self {
+        RawSegmentation {
+            seg: Segmentation {
+                mask,
+                heart,
+                calcium_prob: HashMap::new(),
+                noise_hu: None,
+                preprocess_device: device,
+                preprocess_ms: (pre_us / 1000) as u64,
+                infer_ms: (inf_us / 1000) as u64,
+            },
+            probs,
+            grid,
+        }
+    }
+}
+
 /// Both networks, loaded and verified once, serving every study.
 pub struct Segmenter {
     heart: Box<dyn Engine>,
@@ -295,19 +322,9 @@ impl Segmenter {
         let t = Instant::now();
         let mask = g.fine_to_native_mask(&probs, &fine_grid, vol)?;
         pre += t.elapsed().as_micros();
-        Ok(RawSegmentation {
-            seg: Segmentation {
-                mask,
-                heart,
-                calcium_prob: HashMap::new(),
-                noise_hu: None,
-                preprocess_device: "gpu",
-                preprocess_ms: (pre / 1000) as u64,
-                infer_ms: (inf / 1000) as u64,
-            },
-            probs,
-            grid: fine_grid,
-        })
+        Ok(RawSegmentation::new(
+            mask, heart, probs, fine_grid, "gpu", pre, inf,
+        ))
     }
 
     /// [`Segmenter::segment`] on the CPU (the reference path).
@@ -338,19 +355,9 @@ impl Segmenter {
         let mask = preprocess::fine_to_native_mask(&probs, &fine_grid, vol)?;
         pre += t.elapsed().as_micros();
 
-        Ok(RawSegmentation {
-            seg: Segmentation {
-                mask,
-                heart,
-                calcium_prob: HashMap::new(),
-                noise_hu: None,
-                preprocess_device: "cpu",
-                preprocess_ms: (pre / 1000) as u64,
-                infer_ms: (inf / 1000) as u64,
-            },
-            probs,
-            grid: fine_grid,
-        })
+        Ok(RawSegmentation::new(
+            mask, heart, probs, fine_grid, "cpu", pre, inf,
+        ))
     }
 }
 
