@@ -260,8 +260,7 @@ impl Segmenter {
         refine::drop_fragments(vol.hu.view(), seg.mask.view_mut());
         seg.calcium_prob = preprocess::calcium_prob_at_labels(&probs, &grid, seg.mask.view())?;
         seg.noise_hu = refine::noise_sigma(vol.hu.view());
-        let probs_of = seg.calcium_prob.clone();
-        let confidence = |l: &Lesion| lesion_confidence(&probs_of, l);
+        let confidence = |l: &Lesion| lesion_confidence(&seg.calcium_prob, l);
         refine::drop_faint_lesions(
             vol.hu.view(),
             vol.geometry.spacing,

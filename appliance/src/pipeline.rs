@@ -245,7 +245,7 @@ fn rejected_from(e: &AssembleError) -> ResultJson {
 const HIGH_NOISE_HU: f64 = 35.0;
 
 /// Quality facts and warnings a reader of the score should know.
-fn quality_of(volume: &Volume, noise_hu: Option<f64>, rules: &crate::refine::Rules) -> Quality {
+fn quality_of(volume: &Volume, noise_hu: Option<f64>, rules: &refine::Rules) -> Quality {
     let spacing = volume.geometry.spacing[0];
     let mut warnings = Vec::new();
     match volume.meta.kvp {

@@ -399,6 +399,38 @@ pub fn labels_to_fine(labels: ArrayView3<u8>, grid: &FineGrid) -> Array3<u8> {
     out
 }
 
+/// One axis' interpolation tap into the fine grid: the two neighbouring indices and the weight
+/// of the second.
+pub(crate) type FineTap = (usize, usize, f32);
+
+/// The tap of native index `i` along `axis`, clamped to the grid's edge (the GPU mask
+/// kernel's tap tables are built from it too).
+pub(crate) fn fine_tap(grid: &FineGrid, axis: usize, i: usize) -> FineTap {
+    let n = grid.spec.shape[axis];
+    let f = grid.from_native(axis, i as f64).clamp(0.0, (n - 1) as f64);
+    let i0 = (f.floor() as usize).min(n - 1);
+    let i1 = (i0 + 1).min(n - 1);
+    (i0, i1, (f - i0 as f64) as f32)
+}
+
+/// The eight fine-grid corners `(z, y, x, weight)` of a trilinear sample from its three taps.
+fn trilinear_corners(
+    (z0, z1, wz): FineTap,
+    (y0, y1, wy): FineTap,
+    (x0, x1, wx): FineTap,
+) -> [(usize, usize, usize, f32); 8] {
+    [
+        (z0, y0, x0, (1.0 - wz) * (1.0 - wy) * (1.0 - wx)),
+        (z0, y0, x1, (1.0 - wz) * (1.0 - wy) * wx),
+        (z0, y1, x0, (1.0 - wz) * wy * (1.0 - wx)),
+        (z0, y1, x1, (1.0 - wz) * wy * wx),
+        (z1, y0, x0, wz * (1.0 - wy) * (1.0 - wx)),
+        (z1, y0, x1, wz * (1.0 - wy) * wx),
+        (z1, y1, x0, wz * wy * (1.0 - wx)),
+        (z1, y1, x1, wz * wy * wx),
+    ]
+}
+
 /// Maps the segmenter's output `[1, K, D, H, W]` (class probabilities on the fine grid) back to
 /// the native grid: every native voxel with HU ≥ 130 inside the crop gets the argmax of the K
 /// probabilities trilinearly interpolated at its fine-grid position; all others get 0.
@@ -425,40 +457,19 @@ pub fn fine_to_native_mask(
     };
     let plane = d * h * w;
     // Per-axis taps into the fine grid for each native index in range (clamped to the edge).
-    let axis_taps = |a: usize, r: (usize, usize)| -> Vec<(usize, usize, f32)> {
-        let n = grid.spec.shape[a];
-        (r.0..=r.1)
-            .map(|i| {
-                let f = grid.from_native(a, i as f64).clamp(0.0, (n - 1) as f64);
-                let i0 = (f.floor() as usize).min(n - 1);
-                let i1 = (i0 + 1).min(n - 1);
-                (i0, i1, (f - i0 as f64) as f32)
-            })
-            .collect()
+    let axis_taps = |a: usize, r: (usize, usize)| -> Vec<FineTap> {
+        (r.0..=r.1).map(|i| fine_tap(grid, a, i)).collect()
     };
     let (tz, ty, tx) = (axis_taps(0, rz), axis_taps(1, ry), axis_taps(2, rx));
     let mut p = vec![0f32; k];
     for (iz, z) in (rz.0..=rz.1).enumerate() {
-        let (z0, z1, wz) = tz[iz];
         for (iy, y) in (ry.0..=ry.1).enumerate() {
-            let (y0, y1, wy) = ty[iy];
             for (ix, x) in (rx.0..=rx.1).enumerate() {
                 if vol.hu[[z, y, x]] < CANDIDATE_HU {
                     continue;
                 }
-                let (x0, x1, wx) = tx[ix];
-                let corners = [
-                    (z0, y0, x0, (1.0 - wz) * (1.0 - wy) * (1.0 - wx)),
-                    (z0, y0, x1, (1.0 - wz) * (1.0 - wy) * wx),
-                    (z0, y1, x0, (1.0 - wz) * wy * (1.0 - wx)),
-                    (z0, y1, x1, (1.0 - wz) * wy * wx),
-                    (z1, y0, x0, wz * (1.0 - wy) * (1.0 - wx)),
-                    (z1, y0, x1, wz * (1.0 - wy) * wx),
-                    (z1, y1, x0, wz * wy * (1.0 - wx)),
-                    (z1, y1, x1, wz * wy * wx),
-                ];
                 p.iter_mut().for_each(|v| *v = 0.0);
-                for (cz, cy, cx, cw) in corners {
+                for (cz, cy, cx, cw) in trilinear_corners(tz[iz], ty[iy], tx[ix]) {
                     let base = (cz * h + cy) * w + cx;
                     for (c, pc) in p.iter_mut().enumerate() {
                         *pc += cw * probs.data[c * plane + base];
@@ -488,26 +499,20 @@ pub fn calcium_prob_at_labels(
 ) -> Result<HashMap<[usize; 3], f32>, PreprocessError> {
     check_probs(probs, grid)?;
     let [_, h, w] = grid.spec.shape;
-    let tap = |a: usize, i: usize| {
-        let n = grid.spec.shape[a];
-        let f = grid.from_native(a, i as f64).clamp(0.0, (n - 1) as f64);
-        let i0 = (f.floor() as usize).min(n - 1);
-        ((i0, (i0 + 1).min(n - 1)), (f - i0 as f64) as f32)
-    };
     let mut out = HashMap::new();
     for ((z, y, x), &label) in mask.indexed_iter() {
         if label == 0 {
             continue;
         }
-        let ((z0, z1), wz) = tap(0, z);
-        let ((y0, y1), wy) = tap(1, y);
-        let ((x0, x1), wx) = tap(2, x);
-        let at = |cz: usize, cy: usize, cx: usize| probs.data[(cz * h + cy) * w + cx];
-        let bg = (1.0 - wz)
-            * ((1.0 - wy) * ((1.0 - wx) * at(z0, y0, x0) + wx * at(z0, y0, x1))
-                + wy * ((1.0 - wx) * at(z0, y1, x0) + wx * at(z0, y1, x1)))
-            + wz * ((1.0 - wy) * ((1.0 - wx) * at(z1, y0, x0) + wx * at(z1, y0, x1))
-                + wy * ((1.0 - wx) * at(z1, y1, x0) + wx * at(z1, y1, x1)));
+        let taps = (
+            fine_tap(grid, 0, z),
+            fine_tap(grid, 1, y),
+            fine_tap(grid, 2, x),
+        );
+        let bg: f32 = trilinear_corners(taps.0, taps.1, taps.2)
+            .iter()
+            .map(|&(cz, cy, cx, cw)| cw * probs.data[(cz * h + cy) * w + cx])
+            .sum();
         out.insert([z, y, x], (1.0 - bg).clamp(0.0, 1.0));
     }
     Ok(out)

@@ -15,7 +15,7 @@
 
 use crate::score::{self, Lesion};
 use cacd_models::ModelEntry;
-use ndarray::{Array3, ArrayView2, ArrayView3, Axis};
+use ndarray::{Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
 use std::collections::HashSet;
 
 /// The per-lesion thresholds of [`drop_faint_lesions`]; 0 turns a rule off.
@@ -51,8 +51,7 @@ const NOISE_SLICES: usize = 64;
 /// mitral annulus) that touches a vessel's course; a coronary plaque is labelled whole.
 pub const MIN_LABELLED_FRACTION: f64 = 0.5;
 
-pub fn drop_fragments(hu: ndarray::ArrayView3<i16>, mut mask: ndarray::ArrayViewMut3<u8>) {
-    use ndarray::Axis;
+pub fn drop_fragments(hu: ArrayView3<i16>, mut mask: ArrayViewMut3<u8>) {
     let (_, rows, cols) = hu.dim();
     let mut seen = vec![false; rows * cols];
     let mut stack = Vec::new();

@@ -328,10 +328,8 @@ pub fn mask_box(grid: &FineGrid, dims: [usize; 3]) -> Option<(MaskBox, Vec<i32>)
         start[a] = lo;
         len[a] = hi - lo + 1;
         for i in lo..=hi {
-            let f = grid.from_native(a, i as f64).clamp(0.0, (n - 1) as f64);
-            let i0 = (f.floor() as usize).min(n - 1);
-            let i1 = (i0 + 1).min(n - 1);
-            let w = (f - i0 as f64) as f32;
+            // The CPU mapping's own tap, so the kernel interpolates bit-identically.
+            let (i0, i1, w) = crate::preprocess::fine_tap(grid, a, i);
             taps.extend([i0 as i32, i1 as i32, w.to_bits() as i32, 0]);
         }
     }
