@@ -193,6 +193,19 @@ impl ModelEntry {
         if self.channels == 0 {
             return Err("channels is 0".into());
         }
+        // The refine thresholds: a NaN would silently turn a rule off (no comparison holds).
+        if let Some(c) = self.min_lesion_confidence {
+            if !(0.0..=1.0).contains(&c) {
+                return Err(format!("min_lesion_confidence {c} must be within 0..=1"));
+            }
+        }
+        if let Some(k) = self.min_lesion_contrast_sigma {
+            if !k.is_finite() || k < 0.0 {
+                return Err(format!(
+                    "min_lesion_contrast_sigma {k} must be finite and >= 0"
+                ));
+            }
+        }
         if self.spacing_mm.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return Err(format!(
                 "spacing_mm {:?} must be finite and > 0",

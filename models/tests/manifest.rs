@@ -39,6 +39,8 @@ hu_clip = [-1000.0, 2000.0]
 hu_scale = 1000.0
 labels = ["background", "LM", "LAD", "LCX", "RCA"]
 training = "test"
+min_lesion_confidence = 0.7
+min_lesion_contrast_sigma = 6.5
 "#;
 
 /// Parses GOOD with one `key = value` line of the `nth` model (0-based) replaced, and returns
@@ -138,6 +140,10 @@ fn validation_errors_name_the_model_and_the_problem() {
         ),
         (0, "name", "\"\"", "name is empty"),
         (1, "shape", "[100000, 100000, 100000]", "larger than"),
+        (1, "min_lesion_confidence", "1.5", "within 0..=1"),
+        (1, "min_lesion_confidence", "nan", "within 0..=1"),
+        (1, "min_lesion_contrast_sigma", "-1.0", "finite and >= 0"),
+        (1, "min_lesion_contrast_sigma", "inf", "finite and >= 0"),
     ];
     for (nth, key, value, want) in cases {
         let err = error_with(*nth, key, value);
