@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import BURDENS, THICKNESSES, median, run, spearman  # noqa: E402
@@ -55,15 +56,11 @@ def models_without_rules(src, dst):
 
 def calcium_sha(model_dir, precision):
     """sha256 of the calcium model at `precision`, from the manifest."""
-    entry = {}
-    for line in open(os.path.join(model_dir, "manifest.toml")).read().splitlines() + ["[[model]]"]:
-        if line.startswith("[[model]]"):
-            if entry.get("role") == "calcium" and entry.get("precision") == precision:
-                return entry["sha256"]
-            entry = {}
-        elif " = " in line:
-            key, value = line.split(" = ", 1)
-            entry[key.strip()] = value.strip().strip('"')
+    with open(os.path.join(model_dir, "manifest.toml"), "rb") as f:
+        models = tomllib.load(f)["model"]
+    for m in models:
+        if m["role"] == "calcium" and m["precision"] == precision:
+            return m["sha256"]
     sys.exit(f"no calcium model at precision {precision} in {model_dir}")
 
 
