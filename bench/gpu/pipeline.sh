@@ -42,8 +42,8 @@ run() {  # NAME ENV... -- ARGS...
   [ "$r" -eq 0 ] || rc=1
 }
 run cpu CUDA_VISIBLE_DEVICES= -- --engine onnxruntime --precision int8
-run gpu CACD_UNUSED=1 -- --engine onnxruntime --precision int8
-run tensorrt CACD_UNUSED=1 -- --engine tensorrt --precision int8 --trt-cache "$WORK/trt-cache"
+run gpu -- --engine onnxruntime --precision int8
+run tensorrt -- --engine tensorrt --precision int8 --trt-cache "$WORK/trt-cache"
 
 python3 - "$WORK" <<'PY' || rc=1
 import json, os, sys
