@@ -11,7 +11,7 @@
 //! Without a usable GPU (no libcuda / libnvrtc / device) every test prints why and returns.
 #![cfg(feature = "cuda-base")]
 
-use cacd::gpu::{rescale_cpu, GpuError, GpuPreprocessor, RawPixels, Rescale};
+use cacd::gpu::{rescale_cpu, GatherKernels, GpuError, GpuPreprocessor, RawPixels, Rescale};
 use cacd::preprocess::{
     coarse_input, fine_input, fine_to_native_mask, FineGrid, GridSpec, ModelGrid, CANDIDATE_HU,
 };
@@ -198,30 +198,48 @@ fn coarse_and_fine_inputs_match_the_cpu() {
         ((83, 37, 61), [1.0, 0.93, 0.61], 2),
         ((5, 9, 7), [3.0, 1.7, 1.3], 3),
     ];
-    for ((d, h, w), sp, seed) in cases {
-        let vol = volume((d, h, w), sp, seed);
-        upload(&mut g, &vol);
-        let coarse = spec([4.0, 4.0, 4.0], [16, 24, 20], 1);
-        let (cpu, cgrid) = coarse_input(&vol, &coarse);
-        let (gpu_t, ggrid) = g.coarse_input(&vol, &coarse).expect("gpu coarse");
-        assert_eq!(cgrid, ggrid);
-        compare_inputs(&format!("coarse {d}x{h}x{w}"), &cpu, &gpu_t);
+    // Every kernel set (GatherKernels), and fine widths with
+    // and without the 16-byte-store path (w % 4 == 0).
+    for kernels in GatherKernels::ALL {
+        g.set_gather_kernels(kernels);
+        for ((d, h, w), sp, seed) in cases {
+            let vol = volume((d, h, w), sp, seed);
+            upload(&mut g, &vol);
+            let coarse = spec([4.0, 4.0, 4.0], [16, 24, 20], 1);
+            let (cpu, cgrid) = coarse_input(&vol, &coarse);
+            let (gpu_t, ggrid) = g.coarse_input(&vol, &coarse).expect("gpu coarse");
+            assert_eq!(cgrid, ggrid);
+            compare_inputs(
+                &format!("coarse {d}x{h}x{w} kernels={kernels:?}"),
+                &cpu,
+                &gpu_t,
+            );
 
-        let fine = spec([2.0, 0.8, 0.8], [21, 33, 35], 4);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
-        for _ in 0..3 {
-            // Centres inside, near and beyond the volume's faces.
-            let idx = [
-                rng.gen_range(-0.3..1.3) * d as f64,
-                rng.gen_range(-0.3..1.3) * h as f64,
-                rng.gen_range(-0.3..1.3) * w as f64,
-            ];
-            let centre = vol.geometry.index_to_patient(idx[0], idx[1], idx[2]);
-            let (cpu, _) = fine_input(&vol, centre, &fine);
-            let (gpu_t, _) = g.fine_input(&vol, centre, &fine).expect("gpu fine");
-            compare_inputs(&format!("fine {d}x{h}x{w} at {idx:.1?}"), &cpu, &gpu_t);
+            for fine_shape in [[21, 33, 35], [21, 33, 36]] {
+                let fine = spec([2.0, 0.8, 0.8], fine_shape, 4);
+                let mut rng = ChaCha8Rng::seed_from_u64(seed + 100);
+                for _ in 0..3 {
+                    // Centres inside, near and beyond the volume's faces.
+                    let idx = [
+                        rng.gen_range(-0.3..1.3) * d as f64,
+                        rng.gen_range(-0.3..1.3) * h as f64,
+                        rng.gen_range(-0.3..1.3) * w as f64,
+                    ];
+                    let centre = vol.geometry.index_to_patient(idx[0], idx[1], idx[2]);
+                    let (cpu, _) = fine_input(&vol, centre, &fine);
+                    let (gpu_t, _) = g.fine_input(&vol, centre, &fine).expect("gpu fine");
+                    compare_inputs(
+                        &format!(
+                            "fine {fine_shape:?} on {d}x{h}x{w} at {idx:.1?} kernels={kernels:?}"
+                        ),
+                        &cpu,
+                        &gpu_t,
+                    );
+                }
+            }
         }
     }
+    g.set_gather_kernels(GatherKernels::DEFAULT);
     // A volume that is not the resident one is refused.
     let other = volume((4, 4, 4), [1.0, 1.0, 1.0], 9);
     assert!(matches!(
@@ -288,31 +306,36 @@ fn native_mask_matches_the_cpu() {
         ((61, 83, 37), [0.8, 0.6, 0.9], [30.0, 40.0, 18.0], 3),
     ];
     let fine = spec([2.0, 0.8, 0.8], [21, 33, 35], 4);
-    for (i, (dims, sp, idx, k)) in cases.into_iter().enumerate() {
-        let vol = volume(dims, sp, 20 + i as u64);
-        upload(&mut g, &vol);
-        let centre = vol.geometry.index_to_patient(idx[0], idx[1], idx[2]);
-        let grid = ModelGrid::at_patient(&vol, &fine, centre);
-        let p = probs(fine.shape, k, 40 + i as u64);
-        let cpu = fine_to_native_mask(&p, &grid, &vol).expect("cpu mask");
-        let gpu_m = g.fine_to_native_mask(&p, &grid, &vol).expect("gpu mask");
-        assert_eq!(cpu.dim(), gpu_m.dim());
-        let mut differ = 0;
-        for ((z, y, x), &c) in cpu.indexed_iter() {
-            let gv = gpu_m[[z, y, x]];
-            if c != gv {
-                differ += 1;
-                let gap = top2_gap(&p, &grid, z, y, x);
-                assert!(
-                    vol.hu[[z, y, x]] >= CANDIDATE_HU && gap <= 1e-5,
-                    "case {i} at {z},{y},{x}: cpu {c} gpu {gv}, top-2 gap {gap:e}"
-                );
+    // Every kernel set: warp-compacted and one thread per voxel.
+    for kernels in GatherKernels::ALL {
+        g.set_gather_kernels(kernels);
+        for (i, (dims, sp, idx, k)) in cases.into_iter().enumerate() {
+            let vol = volume(dims, sp, 20 + i as u64);
+            upload(&mut g, &vol);
+            let centre = vol.geometry.index_to_patient(idx[0], idx[1], idx[2]);
+            let grid = ModelGrid::at_patient(&vol, &fine, centre);
+            let p = probs(fine.shape, k, 40 + i as u64);
+            let cpu = fine_to_native_mask(&p, &grid, &vol).expect("cpu mask");
+            let gpu_m = g.fine_to_native_mask(&p, &grid, &vol).expect("gpu mask");
+            assert_eq!(cpu.dim(), gpu_m.dim());
+            let mut differ = 0;
+            for ((z, y, x), &c) in cpu.indexed_iter() {
+                let gv = gpu_m[[z, y, x]];
+                if c != gv {
+                    differ += 1;
+                    let gap = top2_gap(&p, &grid, z, y, x);
+                    assert!(
+                        vol.hu[[z, y, x]] >= CANDIDATE_HU && gap <= 1e-5,
+                        "case {i} at {z},{y},{x}: cpu {c} gpu {gv}, top-2 gap {gap:e}"
+                    );
+                }
             }
+            let labelled = cpu.iter().filter(|&&v| v != 0).count();
+            eprintln!("mask case {i} kernels={kernels:?}: {labelled} labelled voxels, {differ} differ (ties)");
+            assert!(labelled > 0, "case {i} exercises nothing");
         }
-        let labelled = cpu.iter().filter(|&&v| v != 0).count();
-        eprintln!("mask case {i}: {labelled} labelled voxels, {differ} differ (ties)");
-        assert!(labelled > 0, "case {i} exercises nothing");
     }
+    g.set_gather_kernels(GatherKernels::DEFAULT);
     // A crop entirely outside the volume gives an all-zero mask, like the CPU.
     let vol = volume((37, 61, 83), [2.5, 0.7, 0.7], 30);
     upload(&mut g, &vol);

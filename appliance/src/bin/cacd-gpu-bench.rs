@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use cacd::gpu::{rescale_cpu, GpuPreprocessor, RawPixels, Rescale};
+use cacd::gpu::{
+    input_taps, mask_box, rescale_cpu, GatherKernels, GpuPreprocessor, RawPixels, Rescale,
+};
 use cacd::preprocess::{
     coarse_input, fine_input, fine_to_native_mask, GridSpec, ModelGrid, CANDIDATE_HU,
 };
@@ -184,10 +186,83 @@ fn best_of<T>(reps: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     }
 }
 
+/// DRAM moves whole 32-byte sectors: a gather's compulsory read traffic is the set of
+/// distinct sectors its taps touch, not 2 B per tap (taps 4–6 voxels apart each cost a
+/// sector). Both counts are reported.
+const SECTOR: usize = 32;
+
+/// Compulsory bytes read by the resampling kernel on a `dims` int16 volume: distinct
+/// (z, y, x-sector) triples over the grid's tap tables (`{i0, i1, w, coord}` per index).
+fn resample_read_sectors(taps: &[i32], shape: [usize; 3]) -> f64 {
+    let mut axes: Vec<std::collections::BTreeSet<i64>> = Vec::new();
+    let mut off = 0;
+    for (axis, &n) in shape.iter().enumerate() {
+        let mut set = std::collections::BTreeSet::new();
+        for k in 0..n {
+            for i in [taps[4 * (off + k)], taps[4 * (off + k) + 1]] {
+                if i >= 0 {
+                    // x: the sector index (16 int16 per sector); z, y: the index itself.
+                    set.insert(if axis == 2 {
+                        i64::from(i) * 2 / SECTOR as i64
+                    } else {
+                        i64::from(i)
+                    });
+                }
+            }
+        }
+        off += n;
+        axes.push(set);
+    }
+    (axes[0].len() * axes[1].len() * axes[2].len() * SECTOR) as f64
+}
+
+/// Compulsory bytes of the mask kernel: the box's HU rows (whole sectors), one label byte per
+/// box voxel, and the distinct probability sectors (times K classes) the 8 corners of every
+/// candidate voxel touch.
+fn mask_traffic(vol: &Volume, grid: &ModelGrid, k: usize) -> (f64, usize) {
+    let (d, h, w) = vol.dims();
+    let Some((mbox, taps)) = mask_box(grid, [d, h, w]) else {
+        return (0.0, 0);
+    };
+    let [bd, bh, bw] = mbox.len;
+    let [bz0, by0, bx0] = mbox.start;
+    let [_, fh, fw] = grid.spec.shape;
+    let fplane: usize = grid.spec.shape.iter().product();
+    let per_sector = SECTOR / 4;
+    let mut touched = vec![false; fplane.div_ceil(per_sector)];
+    let tap = |i: usize| (taps[4 * i] as usize, taps[4 * i + 1] as usize);
+    for zi in 0..bd {
+        let (z0, z1) = tap(zi);
+        for yi in 0..bh {
+            let (y0, y1) = tap(bd + yi);
+            for xi in 0..bw {
+                if vol.hu[[bz0 + zi, by0 + yi, bx0 + xi]] < CANDIDATE_HU {
+                    continue;
+                }
+                let (x0, x1) = tap(bd + bh + xi);
+                for z in [z0, z1] {
+                    for y in [y0, y1] {
+                        for x in [x0, x1] {
+                            touched[((z * fh + y) * fw + x) / per_sector] = true;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let prob_sectors = touched.iter().filter(|&&t| t).count();
+    let row_sectors = (bx0 + bw).div_ceil(SECTOR / 2) - bx0 / (SECTOR / 2);
+    let hu_bytes = bd * bh * row_sectors * SECTOR;
+    let bytes = hu_bytes + mbox.voxels() + prob_sectors * SECTOR * k;
+    (bytes as f64, mbox.voxels())
+}
+
 struct Row {
-    name: &'static str,
+    name: String,
     ms: f64,
     bytes: f64,
+    /// Time of a device copy moving the same number of bytes, where measured.
+    same_copy_ms: Option<f64>,
     note: String,
 }
 
@@ -204,19 +279,6 @@ fn main() -> Result<()> {
     println!(
         "== cacd-gpu-bench: {d}x{h}x{w} int16 ({:.0} MB), spacing {spacing:?} mm",
         n as f64 * 2e-6
-    );
-
-    let t0 = Instant::now();
-    let mut g = GpuPreprocessor::on_device(0).context("GPU preprocessor")?;
-    let info = g.info().clone();
-    println!(
-        "device: {} (sm_{}{}), NVRTC arch {:?}, start-up (NVRTC compile + module load) {:.0} ms, context+compile {:.0} ms",
-        info.name,
-        info.compute_capability.0,
-        info.compute_capability.1,
-        info.arch,
-        info.compile_ms,
-        t0.elapsed().as_secs_f64() * 1e3
     );
 
     let raw = raw_volume(d, h, w);
@@ -269,6 +331,36 @@ fn main() -> Result<()> {
         println!("cpu  {name:<22} {ms:>10.2} ms");
     }
 
+    let coarse_plane = coarse.shape.iter().product::<usize>() as f64;
+    let fine_plane = fine.shape.iter().product::<usize>() as f64;
+    // Compulsory traffic by sectors (see SECTOR); the per-tap counts above stay for comparison
+    // with the earlier runs.
+    let sector_bytes = |grid: &ModelGrid| {
+        input_taps(grid, [d, h, w]).map_or(f64::NAN, |t| resample_read_sectors(&t, grid.spec.shape))
+    };
+    let coarse_sector_bytes = sector_bytes(&coarse_grid) + coarse_plane * 4.0;
+    let fine_sector_bytes = sector_bytes(&fine_grid) + fine_plane * 16.0;
+    let (mask_sector_bytes, _) = mask_traffic(&vol, &fine_grid, CLASSES);
+    println!(
+        "compulsory traffic by 32-B sectors: coarse {:.1} MB, fine {:.1} MB, mask {:.1} MB",
+        coarse_sector_bytes / 1e6,
+        fine_sector_bytes / 1e6,
+        mask_sector_bytes / 1e6
+    );
+
+    let t0 = Instant::now();
+    let mut g = GpuPreprocessor::on_device(0).context("GPU preprocessor")?;
+    let info = g.info().clone();
+    println!(
+        "device: {} (sm_{}{}), NVRTC arch {:?}, start-up (NVRTC compile + module load) {:.0} ms, context+compile {:.0} ms",
+        info.name,
+        info.compute_capability.0,
+        info.compute_capability.1,
+        info.arch,
+        info.compile_ms,
+        t0.elapsed().as_secs_f64() * 1e3
+    );
+
     // (a) the bandwidth floor: device-to-device copy of the raw volume's bytes.
     let bytes = n * 2;
     let stream = g.stream().clone();
@@ -316,54 +408,145 @@ fn main() -> Result<()> {
             Ok(())
         }),
     );
-    let coarse_ms = or_nan(
-        "coarse_ms",
-        time_events(&mut g, reps, |g| {
-            g.enqueue_model_input(&coarse_grid)?;
-            Ok(())
-        }),
-    );
-    let fine_ms = or_nan(
-        "fine_ms",
-        time_events(&mut g, reps, |g| {
-            g.enqueue_model_input(&fine_grid)?;
-            Ok(())
-        }),
-    );
+    // Every implementation of the gather kernels (GatherKernels); the product uses DEFAULT.
     let k = g.upload_probs(&p, &fine_grid).unwrap_or_else(|e| {
         println!("!! probability upload failed: {e}");
         CLASSES
     });
     let mut mbox = None;
-    let mask_ms = or_nan(
-        "mask_ms",
-        time_events(&mut g, reps, |g| {
-            mbox = g.enqueue_mask(&fine_grid, k)?;
-            Ok(())
-        }),
-    );
+    let mut gather_ms = Vec::new();
+    for v in GatherKernels::ALL {
+        g.set_gather_kernels(v);
+        gather_ms.push([
+            or_nan(
+                "coarse_ms",
+                time_events(&mut g, reps, |g| {
+                    g.enqueue_model_input(&coarse_grid)?;
+                    Ok(())
+                }),
+            ),
+            or_nan(
+                "fine_ms",
+                time_events(&mut g, reps, |g| {
+                    g.enqueue_model_input(&fine_grid)?;
+                    Ok(())
+                }),
+            ),
+            or_nan(
+                "mask_ms",
+                time_events(&mut g, reps, |g| {
+                    mbox = g.enqueue_mask(&fine_grid, k)?;
+                    Ok(())
+                }),
+            ),
+        ]);
+    }
+    g.set_gather_kernels(GatherKernels::DEFAULT);
+    let def = GatherKernels::ALL
+        .iter()
+        .position(|&v| v == GatherKernels::DEFAULT)
+        .unwrap_or(0);
+    let [coarse_ms, fine_ms, mask_ms] = gather_ms[def];
+    // A copy moving as many bytes as each gather kernel must: the floor at that size, where
+    // launch and ramp-up costs weigh as they do on the kernel (the 157 MB copy above is the
+    // asymptotic floor).
+    let mut same_size_copy = |moved: f64| -> f64 {
+        let half = (moved / 2.0) as usize;
+        let mut run = || -> Result<f64> {
+            let src = stream.alloc_zeros::<u8>(half.max(1))?;
+            let mut dst = stream.alloc_zeros::<u8>(half.max(1))?;
+            time_events(&mut g, reps, |_| {
+                stream.memcpy_dtod(&src, &mut dst)?;
+                Ok(())
+            })
+        };
+        or_nan("same-size copy", run())
+    };
+    let same_copy = [
+        same_size_copy(coarse_sector_bytes),
+        same_size_copy(fine_sector_bytes),
+        same_size_copy(mask_sector_bytes),
+    ];
     let box_voxels = mbox.map_or(0, |b| b.voxels());
     let candidates = cpu_mask.len() - cpu_mask.iter().filter(|&&v| v == 0).count();
-    let coarse_plane = coarse.shape.iter().product::<usize>() as f64;
-    let fine_plane = fine.shape.iter().product::<usize>() as f64;
     let rows = [
-        Row { name: "H2D upload (pinned)", ms: upload_ms, bytes: bytes as f64, note: "PCIe/host link, not HBM".into() },
-        Row { name: "rescale int16 (slope 1)", ms: rescale_ms, bytes: 4.0 * n as f64, note: "2 B in + 2 B out per voxel".into() },
-        Row { name: "rescale int16 (f64 path)", ms: rescale_f64_ms, bytes: 4.0 * n as f64, note: "fractional slope".into() },
-        Row { name: "clip+normalise -> f32", ms: unit_ms, bytes: 6.0 * n as f64, note: "2 B in + 4 B out per voxel".into() },
-        Row { name: "coarse input 64x96x96x1", ms: coarse_ms, bytes: coarse_plane * (4.0 + 16.0), note: "4 B out + 8 taps x 2 B in per output".into() },
-        Row { name: "fine input 64x192x192x4", ms: fine_ms, bytes: fine_plane * (16.0 + 16.0), note: "16 B out + 8 taps x 2 B in per output".into() },
-        Row { name: "fine->native mask", ms: mask_ms, bytes: 3.0 * box_voxels as f64, note: format!("2 B in + 1 B out per box voxel ({box_voxels} voxels); probability gathers not counted") },
+        Row {
+            name: "H2D upload (pinned)".into(),
+            ms: upload_ms,
+            bytes: bytes as f64,
+            same_copy_ms: None,
+            note: "PCIe/host link, not HBM".into(),
+        },
+        Row {
+            name: "rescale int16 (slope 1)".into(),
+            ms: rescale_ms,
+            bytes: 4.0 * n as f64,
+            same_copy_ms: None,
+            note: "2 B in + 2 B out per voxel".into(),
+        },
+        Row {
+            name: "rescale int16 (f64 path)".into(),
+            ms: rescale_f64_ms,
+            bytes: 4.0 * n as f64,
+            same_copy_ms: None,
+            note: "fractional slope".into(),
+        },
+        Row {
+            name: "clip+normalise -> f32".into(),
+            ms: unit_ms,
+            bytes: 6.0 * n as f64,
+            same_copy_ms: None,
+            note: "2 B in + 4 B out per voxel".into(),
+        },
     ];
+    let mut rows: Vec<Row> = rows.into_iter().collect();
+    for (v, ms) in GatherKernels::ALL.iter().zip(&gather_ms) {
+        let tag = if *v == GatherKernels::DEFAULT {
+            " *"
+        } else {
+            ""
+        };
+        rows.push(Row {
+            name: format!("coarse 64x96x96x1 {v:?}{tag}"),
+            ms: ms[0],
+            bytes: coarse_sector_bytes,
+            same_copy_ms: Some(same_copy[0]),
+            note: format!(
+                "distinct 32-B sectors read + 4 B out per output; per-tap count {:.1} MB",
+                coarse_plane * 20.0 / 1e6
+            ),
+        });
+        rows.push(Row {
+            name: format!("fine 64x192x192x4 {v:?}{tag}"),
+            ms: ms[1],
+            bytes: fine_sector_bytes,
+            same_copy_ms: Some(same_copy[1]),
+            note: format!(
+                "distinct 32-B sectors read + 16 B out per output; per-tap count {:.1} MB",
+                fine_plane * 32.0 / 1e6
+            ),
+        });
+        rows.push(Row { name: format!("mask {v:?}{tag}"), ms: ms[2], bytes: mask_sector_bytes, same_copy_ms: Some(same_copy[2]), note: format!("box HU sectors + 1 B out per box voxel ({box_voxels}) + distinct probability sectors x K") });
+    }
     let mut kernel_json = Vec::new();
     for r in &rows {
         let gbs = r.bytes / r.ms / 1e6;
         let pct = 100.0 * gbs / copy_gbs;
+        let same = r.same_copy_ms.map(|c| 100.0 * c / r.ms);
+        let same_txt = same.map_or(String::new(), |p| format!(", {p:.0} % of a same-size copy"));
         println!(
-            "gpu  {:<26} {:>9.4} ms {:>8.0} GB/s {:>5.0} % of copy   ({})",
-            r.name, r.ms, gbs, pct, r.note
+            "gpu  {:<30} {:>9.4} ms {:>8.0} GB/s {:>5.0} % of copy{same_txt}   ({:.1} MB; {})",
+            r.name,
+            r.ms,
+            gbs,
+            pct,
+            r.bytes / 1e6,
+            r.note
         );
-        kernel_json.push(json!({"name": r.name, "ms": r.ms, "bytes": r.bytes, "gbs": gbs, "pct_of_copy": pct, "note": r.note}));
+        kernel_json.push(
+            json!({"name": r.name, "ms": r.ms, "bytes": r.bytes, "gbs": gbs, "pct_of_copy": pct,
+            "same_size_copy_ms": r.same_copy_ms, "pct_of_same_size_copy": same, "note": r.note}),
+        );
     }
 
     // The whole GPU preprocessing of one study, wall clock, as the pipeline calls it.
@@ -450,6 +633,35 @@ fn main() -> Result<()> {
         "parity at full size: coarse (differing, max abs) {coarse_par:?}, fine {fine_par:?}, mask labels differing {mask_differ:?} of {} labelled (threshold {CANDIDATE_HU} HU)",
         candidates
     );
+    // The other kernel sets at full size too.
+    let mut other_parity = Vec::new();
+    for v in GatherKernels::ALL
+        .into_iter()
+        .filter(|&v| v != GatherKernels::DEFAULT)
+    {
+        g.set_gather_kernels(v);
+        let r = (|| -> Result<_> {
+            let c = g.coarse_input(&vol, &coarse)?;
+            let f = g.fine_input(&vol, centre_mm, &fine)?;
+            let m = g.fine_to_native_mask(&p, &f.1, &vol)?;
+            let mask_differ = m
+                .iter()
+                .zip(cpu_mask.iter())
+                .filter(|(a, b)| a != b)
+                .count();
+            Ok((
+                exact(&cpu_coarse, &Some(c.0)),
+                exact(&cpu_fine, &Some(f.0)),
+                mask_differ,
+            ))
+        })();
+        match &r {
+            Ok(b) => println!("parity at full size, {v:?} kernels: coarse {:?}, fine {:?}, mask labels differing {}", b.0, b.1, b.2),
+            Err(e) => println!("!! {v:?} kernels at full size failed: {e:#}"),
+        }
+        other_parity.push(json!({"kernels": format!("{v:?}"), "parity": r.ok().map(|b| json!({"coarse": b.0, "fine": b.1, "mask_differ": b.2}))}));
+    }
+    g.set_gather_kernels(GatherKernels::DEFAULT);
     let (dev_bytes, pinned_bytes) = g.footprint();
     println!(
         "buffer pool: {:.0} MB device, {:.0} MB pinned host",
@@ -472,6 +684,7 @@ fn main() -> Result<()> {
         "cpu_ms": {"rescale": cpu_rescale_ms, "coarse": cpu_coarse_ms, "fine": cpu_fine_ms, "mask": cpu_mask_ms, "total": cpu_total},
         "speedup_vs_cpu": cpu_total / total_ms,
         "parity": {"coarse": coarse_par, "fine": fine_par, "mask_differ": mask_differ},
+        "parity_other_kernels": other_parity,
         // By kernel name, for the comparison with torch_ref.py.
         "ours_ms": {"rescale": rescale_ms, "clip_normalise": unit_ms, "coarse": coarse_ms, "fine": fine_ms, "mask": mask_ms, "copy": copy_ms},
     });

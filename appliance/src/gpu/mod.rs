@@ -177,6 +177,31 @@ struct Kernels {
     hu_to_unit: CudaFunction,
     resample_input: CudaFunction,
     fine_to_native: CudaFunction,
+    resample_input_x2: CudaFunction,
+    resample_input_x4: CudaFunction,
+    fine_to_native_compact: CudaFunction,
+}
+
+/// Which implementation of the gather kernels (resampling onto the model grids, labels back
+/// onto the native grid) runs. All give bit-identical results; the bench compares them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GatherKernels {
+    /// One output per thread, one thread per box voxel: the straightforward kernels.
+    Baseline,
+    /// Resampling with 2 consecutive x outputs per thread; warp-compacted labels.
+    X2,
+    /// Resampling with 4 consecutive x outputs per thread; warp-compacted labels.
+    X4,
+}
+
+impl GatherKernels {
+    /// The set the product uses (fastest in the H100 bench, BENCHMARKS.md).
+    pub const DEFAULT: GatherKernels = GatherKernels::X4;
+    pub const ALL: [GatherKernels; 3] = [
+        GatherKernels::Baseline,
+        GatherKernels::X2,
+        GatherKernels::X4,
+    ];
 }
 
 /// The native-grid box a fine crop covers, and the labels computed for it.
@@ -205,6 +230,8 @@ pub struct GpuPreprocessor {
     resident: Option<[usize; 3]>,
     /// (signed, count) of the raw values in `pool.raw_s16` / `pool.raw_u16`.
     raw_on_device: Option<(bool, usize)>,
+    /// The gather kernels in use ([`GatherKernels::DEFAULT`] unless the bench changes it).
+    gather: GatherKernels,
     info: DeviceInfo,
 }
 
@@ -276,8 +303,9 @@ fn coord(k: usize, n: usize) -> f32 {
 
 /// Tap tables of a model grid on a native volume of `dims`: per axis and model index
 /// `{i0, i1, bits(w1), bits(coord)}`, with the CPU's rule (a tap outside the volume is -1 and
-/// takes the pad value).
-fn input_taps(grid: &ModelGrid, dims: [usize; 3]) -> Result<Vec<i32>, GpuError> {
+/// takes the pad value). Public for the bench, which derives the kernel's compulsory memory
+/// traffic from them.
+pub fn input_taps(grid: &ModelGrid, dims: [usize; 3]) -> Result<Vec<i32>, GpuError> {
     let mut t = Vec::with_capacity(4 * grid.spec.shape.iter().sum::<usize>());
     for (axis, &n_src) in dims.iter().enumerate() {
         let n_out = grid.spec.shape[axis];
@@ -382,6 +410,9 @@ impl GpuPreprocessor {
             hu_to_unit: load(kernels::HU_TO_UNIT)?,
             resample_input: load(kernels::RESAMPLE_INPUT)?,
             fine_to_native: load(kernels::FINE_TO_NATIVE)?,
+            resample_input_x2: load(kernels::RESAMPLE_INPUT_X2)?,
+            resample_input_x4: load(kernels::RESAMPLE_INPUT_X4)?,
+            fine_to_native_compact: load(kernels::FINE_TO_NATIVE_COMPACT)?,
         };
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
@@ -397,6 +428,7 @@ impl GpuPreprocessor {
             pool: Pool::new(),
             resident: None,
             raw_on_device: None,
+            gather: GatherKernels::DEFAULT,
             info: DeviceInfo {
                 name,
                 compute_capability: cc,
@@ -433,6 +465,12 @@ impl GpuPreprocessor {
         };
         let module = ctx.load_module(ptx).during("module load")?;
         Ok((module, arch))
+    }
+
+    /// Chooses the gather kernels (same results, bit for bit); for the bench's comparison
+    /// and the parity tests.
+    pub fn set_gather_kernels(&mut self, k: GatherKernels) {
+        self.gather = k;
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -696,8 +734,18 @@ impl GpuPreprocessor {
         let [d, h, w] = spec.shape;
         let plane = d * h * w;
         let total = plane * spec.channels;
-        let cfg = slab_cfg(h * w, d)?;
-        let (stream, pool, k) = (&self.stream, &mut self.pool, &self.kernels);
+        let (cfg, kernel) = match self.gather {
+            GatherKernels::Baseline => (slab_cfg(h * w, d)?, &self.kernels.resample_input),
+            GatherKernels::X2 => (
+                slab_cfg(h * w.div_ceil(2), d)?,
+                &self.kernels.resample_input_x2,
+            ),
+            GatherKernels::X4 => (
+                slab_cfg(h * w.div_ceil(4), d)?,
+                &self.kernels.resample_input_x4,
+            ),
+        };
+        let (stream, pool) = (&self.stream, &mut self.pool);
         guarded("model input", || {
             let tap_buf = pool.input_taps.load(stream, taps).during("tap upload")?;
             let out = pool.model.ensure(stream, total).during("device alloc")?;
@@ -705,7 +753,7 @@ impl GpuPreprocessor {
             let (nh, nw) = (dims[1] as i32, dims[2] as i32);
             let (di, hi_, wi, ch) = (d as i32, h as i32, w as i32, spec.channels as i32);
             let (pad, lo, hi, scale) = (PAD_HU, spec.hu_clip[0], spec.hu_clip[1], spec.hu_scale);
-            let mut b = stream.launch_builder(&k.resample_input);
+            let mut b = stream.launch_builder(kernel);
             b.arg(hu).arg(&nh).arg(&nw).arg(tap_buf);
             b.arg(&di).arg(&hi_).arg(&wi).arg(&ch);
             b.arg(&pad).arg(&lo).arg(&hi).arg(&scale).arg(&mut *out);
@@ -802,8 +850,22 @@ impl GpuPreprocessor {
             )));
         }
         let n = mbox.voxels();
-        let cfg = slab_cfg(mbox.len[1] * mbox.len[2], mbox.len[0])?;
-        let (stream, pool, kern) = (&self.stream, &mut self.pool, &self.kernels);
+        // The compact kernel indexes box voxels (and warp bases past the end) in 32 bits.
+        let (cfg, kernel) =
+            if self.gather == GatherKernels::Baseline || n >= u32::MAX as usize - 4096 {
+                let cfg = slab_cfg(mbox.len[1] * mbox.len[2], mbox.len[0])?;
+                (cfg, &self.kernels.fine_to_native)
+            } else {
+                // One warp per MASK_WARP_VOXELS box voxels, BLOCK / 32 warps per block.
+                let per_block = kernels::MASK_WARP_VOXELS * (kernels::BLOCK as usize / 32);
+                let cfg = LaunchConfig {
+                    grid_dim: (n.div_ceil(per_block).max(1) as u32, 1, 1),
+                    block_dim: (kernels::BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                (cfg, &self.kernels.fine_to_native_compact)
+            };
+        let (stream, pool) = (&self.stream, &mut self.pool);
         guarded("mask", || {
             let tap_buf = pool.mask_taps.load(stream, taps).during("tap upload")?;
             let out = pool.mask.ensure(stream, n).during("device alloc")?;
@@ -816,7 +878,7 @@ impl GpuPreprocessor {
             let thr: i16 = CANDIDATE_HU;
             let [bz0, by0, bx0] = mbox.start.map(|v| v as i32);
             let [bd, bh, bw] = mbox.len.map(|v| v as i32);
-            let mut b = stream.launch_builder(&kern.fine_to_native);
+            let mut b = stream.launch_builder(kernel);
             b.arg(hu).arg(&nh).arg(&nw).arg(tap_buf).arg(probs);
             b.arg(&ki).arg(&di).arg(&hi).arg(&wi).arg(&thr);
             b.arg(&bz0).arg(&by0).arg(&bx0).arg(&bd).arg(&bh).arg(&bw);
