@@ -23,7 +23,6 @@ pub const FINE_TO_NATIVE: &str = "fine_to_native";
 pub const RESAMPLE_INPUT_X2: &str = "resample_input_x2";
 pub const RESAMPLE_INPUT_X4: &str = "resample_input_x4";
 pub const FINE_TO_NATIVE_COMPACT: &str = "fine_to_native_compact";
-pub const FINE_TO_NATIVE_CELLS: &str = "fine_to_native_cells";
 
 /// Box voxels one warp of `fine_to_native_compact` scans (32 × MASK_CHUNK).
 pub const MASK_WARP_VOXELS: usize = 32 * 8;
@@ -401,88 +400,6 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_compact(const s
             default: lab = argmax_any(probs, plane, k, cw, cb); break;
         }
         out[v] = lab;
-    }
-}
-// Labels by fine-grid cell: one thread per fine cell [c, c+1) per axis loads the cell's 8 × K
-// probabilities once (adjacent threads read adjacent cells: coalesced loads, every
-// probability read from memory about once, where the per-voxel kernels gather 8 × K scattered
-// values for every candidate), then labels the native voxels whose lower tap is that cell
-// (their upper tap is min(c + 1, n - 1), the cell's other corner). ntaps is followed by the
-// per-axis cell ranges: z (d entries), y (h), x (w): {first box index, count, 0, 0}. Same
-// per-voxel arithmetic as fine_to_native. Launch: grid (ceil(h * w / 256), d).
-template <int K>
-__device__ __forceinline__ void cells_body(const short* __restrict__ hu, int nh, int nw,
-                                           const int4* __restrict__ ntaps,
-                                           const float* __restrict__ probs, int d, int h, int w,
-                                           short threshold, int bz0, int by0, int bx0,
-                                           int bd, int bh, int bw,
-                                           unsigned char* __restrict__ out) {
-    unsigned int hw = (unsigned int)h * w;
-    unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
-    if (r >= hw) return;
-    int z = blockIdx.y;
-    int y = (int)(r / w);
-    int x = (int)(r - (unsigned int)y * w);
-    const int4* cells = ntaps + bd + bh + bw;
-    int4 rz = __ldg(cells + z), ry = __ldg(cells + d + y), rx = __ldg(cells + d + h + x);
-    if (rz.y == 0 || ry.y == 0 || rx.y == 0) return;
-    unsigned int z1 = min(z + 1, d - 1), y1 = min(y + 1, h - 1), x1 = min(x + 1, w - 1);
-    unsigned int r00 = ((unsigned int)z * h + y) * w, r01 = ((unsigned int)z * h + y1) * w;
-    unsigned int r10 = (z1 * h + y) * w, r11 = (z1 * h + y1) * w;
-    unsigned int b[8] = {r00 + x, r00 + x1, r01 + x, r01 + x1, r10 + x, r10 + x1, r11 + x, r11 + x1};
-    u64 plane = (u64)d * hw;
-    float pc[8][K];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-#pragma unroll
-        for (int c = 0; c < K; ++c) pc[j][c] = __ldg(probs + (u64)c * plane + b[j]);
-    }
-    for (int zi = rz.x; zi < rz.x + rz.y; ++zi) {
-        float wz = __int_as_float(__ldg(ntaps + zi).z);
-        for (int yi = ry.x; yi < ry.x + ry.y; ++yi) {
-            float wy = __int_as_float(__ldg(ntaps + bd + yi).z);
-            u64 row = ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + bx0;
-            u64 orow = ((u64)zi * bh + yi) * bw;
-            for (int xi = rx.x; xi < rx.x + rx.y; ++xi) {
-                short v = __ldg(hu + row + xi);
-                if (v < threshold) {
-                    out[orow + xi] = 0;
-                    continue;
-                }
-                float cw[8];
-                corner_weights(wz, wy, __int_as_float(__ldg(ntaps + bd + bh + xi).z), cw);
-                float p[K];
-#pragma unroll
-                for (int c = 0; c < K; ++c) p[c] = 0.0f;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-#pragma unroll
-                    for (int c = 0; c < K; ++c) p[c] = __fadd_rn(p[c], __fmul_rn(cw[j], pc[j][c]));
-                }
-                int best = 0;
-#pragma unroll
-                for (int c = 1; c < K; ++c)
-                    if (p[c] > p[best]) best = c;
-                out[orow + xi] = (unsigned char)best;
-            }
-        }
-    }
-}
-
-// K is known at launch; 2..=6 classes (the host uses another kernel otherwise).
-extern "C" __global__ void __launch_bounds__(256) fine_to_native_cells(const short* __restrict__ hu, int nh, int nw,
-                                          const int4* __restrict__ ntaps,
-                                          const float* __restrict__ probs, int k, int d, int h,
-                                          int w, short threshold, int bz0, int by0, int bx0,
-                                          int bd, int bh, int bw,
-                                          unsigned char* __restrict__ out) {
-    switch (k) {
-        case 2: cells_body<2>(hu, nh, nw, ntaps, probs, d, h, w, threshold, bz0, by0, bx0, bd, bh, bw, out); break;
-        case 3: cells_body<3>(hu, nh, nw, ntaps, probs, d, h, w, threshold, bz0, by0, bx0, bd, bh, bw, out); break;
-        case 4: cells_body<4>(hu, nh, nw, ntaps, probs, d, h, w, threshold, bz0, by0, bx0, bd, bh, bw, out); break;
-        case 5: cells_body<5>(hu, nh, nw, ntaps, probs, d, h, w, threshold, bz0, by0, bx0, bd, bh, bw, out); break;
-        case 6: cells_body<6>(hu, nh, nw, ntaps, probs, d, h, w, threshold, bz0, by0, bx0, bd, bh, bw, out); break;
-        default: break;
     }
 }
 "#;

@@ -180,7 +180,6 @@ struct Kernels {
     resample_input_x2: CudaFunction,
     resample_input_x4: CudaFunction,
     fine_to_native_compact: CudaFunction,
-    fine_to_native_cells: CudaFunction,
 }
 
 /// Which implementation of the gather kernels (resampling onto the model grids, labels back
@@ -193,18 +192,15 @@ pub enum GatherKernels {
     X2,
     /// Resampling with 4 consecutive x outputs per thread; warp-compacted labels.
     X4,
-    /// Resampling as X4; labels by fine-grid cell (each cell's probabilities read once).
-    Cells,
 }
 
 impl GatherKernels {
     /// The set the product uses (fastest in the H100 bench, BENCHMARKS.md).
     pub const DEFAULT: GatherKernels = GatherKernels::X4;
-    pub const ALL: [GatherKernels; 4] = [
+    pub const ALL: [GatherKernels; 3] = [
         GatherKernels::Baseline,
         GatherKernels::X2,
         GatherKernels::X4,
-        GatherKernels::Cells,
     ];
 }
 
@@ -368,36 +364,6 @@ pub fn mask_box(grid: &FineGrid, dims: [usize; 3]) -> Option<(MaskBox, Vec<i32>)
     Some((MaskBox { start, len }, taps))
 }
 
-/// Per fine-grid index along each axis, the box indices whose lower tap is that index, as
-/// `{first, count, 0, 0}` (z: `shape[0]` entries, then y, then x), from [`mask_box`]'s taps.
-/// `None` if an axis's lower taps are not non-decreasing (they always are: the native → fine
-/// map is increasing), so a caller can fall back to a per-voxel kernel.
-fn cell_ranges(taps: &[i32], lens: [usize; 3], shape: [usize; 3]) -> Option<Vec<i32>> {
-    let mut out = Vec::with_capacity(4 * shape.iter().sum::<usize>());
-    let mut off = 0;
-    for a in 0..3 {
-        let mut first = vec![0i32; shape[a]];
-        let mut count = vec![0i32; shape[a]];
-        let mut prev = -1i32;
-        for i in 0..lens[a] {
-            let c = *taps.get(4 * (off + i))?;
-            if c < prev || c < 0 || c as usize >= shape[a] {
-                return None;
-            }
-            if count[c as usize] == 0 {
-                first[c as usize] = i as i32;
-            }
-            count[c as usize] += 1;
-            prev = c;
-        }
-        for c in 0..shape[a] {
-            out.extend([first[c], count[c], 0, 0]);
-        }
-        off += lens[a];
-    }
-    Some(out)
-}
-
 impl GpuPreprocessor {
     /// The preprocessor on device 0. On failure logs one line (why, and that the CPU path is
     /// used) and returns the error; never panics.
@@ -447,7 +413,6 @@ impl GpuPreprocessor {
             resample_input_x2: load(kernels::RESAMPLE_INPUT_X2)?,
             resample_input_x4: load(kernels::RESAMPLE_INPUT_X4)?,
             fine_to_native_compact: load(kernels::FINE_TO_NATIVE_COMPACT)?,
-            fine_to_native_cells: load(kernels::FINE_TO_NATIVE_CELLS)?,
         };
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
@@ -775,7 +740,7 @@ impl GpuPreprocessor {
                 slab_cfg(h * w.div_ceil(2), d)?,
                 &self.kernels.resample_input_x2,
             ),
-            GatherKernels::X4 | GatherKernels::Cells => (
+            GatherKernels::X4 => (
                 slab_cfg(h * w.div_ceil(4), d)?,
                 &self.kernels.resample_input_x4,
             ),
@@ -885,28 +850,21 @@ impl GpuPreprocessor {
             )));
         }
         let n = mbox.voxels();
-        let cells = match self.gather {
-            GatherKernels::Cells if (2..=6).contains(&k) => cell_ranges(&taps, mbox.len, [d, h, w]),
-            _ => None,
-        };
-        let mut taps = taps;
         // The compact kernel indexes box voxels (and warp bases past the end) in 32 bits.
-        let (cfg, kernel) = if let Some(ranges) = cells {
-            taps.extend(ranges);
-            (slab_cfg(h * w, d)?, &self.kernels.fine_to_native_cells)
-        } else if self.gather == GatherKernels::Baseline || n >= u32::MAX as usize - 4096 {
-            let cfg = slab_cfg(mbox.len[1] * mbox.len[2], mbox.len[0])?;
-            (cfg, &self.kernels.fine_to_native)
-        } else {
-            // One warp per MASK_WARP_VOXELS box voxels, BLOCK / 32 warps per block.
-            let per_block = kernels::MASK_WARP_VOXELS * (kernels::BLOCK as usize / 32);
-            let cfg = LaunchConfig {
-                grid_dim: (n.div_ceil(per_block).max(1) as u32, 1, 1),
-                block_dim: (kernels::BLOCK, 1, 1),
-                shared_mem_bytes: 0,
+        let (cfg, kernel) =
+            if self.gather == GatherKernels::Baseline || n >= u32::MAX as usize - 4096 {
+                let cfg = slab_cfg(mbox.len[1] * mbox.len[2], mbox.len[0])?;
+                (cfg, &self.kernels.fine_to_native)
+            } else {
+                // One warp per MASK_WARP_VOXELS box voxels, BLOCK / 32 warps per block.
+                let per_block = kernels::MASK_WARP_VOXELS * (kernels::BLOCK as usize / 32);
+                let cfg = LaunchConfig {
+                    grid_dim: (n.div_ceil(per_block).max(1) as u32, 1, 1),
+                    block_dim: (kernels::BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                (cfg, &self.kernels.fine_to_native_compact)
             };
-            (cfg, &self.kernels.fine_to_native_compact)
-        };
         let (stream, pool) = (&self.stream, &mut self.pool);
         guarded("mask", || {
             let tap_buf = pool.mask_taps.load(stream, taps).during("tap upload")?;
@@ -1013,59 +971,6 @@ mod tests {
             Some(-1024)
         );
         assert_eq!(r.integer_offset(), None);
-    }
-
-    /// The cell kernel labels each box voxel from the cell of its lower tap: every box index
-    /// must lie in exactly one cell's range, that cell being its lower tap.
-    #[test]
-    fn cell_ranges_partition_the_box() {
-        use crate::volume::{Geometry, SeriesMeta, Volume};
-        for (dims, spacing, centre) in [
-            ([37, 61, 83], [2.5, 0.7, 0.7], [18.0, 30.0, 41.0]),
-            ([61, 83, 37], [0.8, 0.6, 0.9], [30.0, 40.0, 18.0]),
-            ([37, 61, 83], [1.0, 0.5, 0.5], [2.0, 60.0, -3.0]),
-        ] {
-            let vol = Volume {
-                hu: ndarray::Array3::zeros((dims[0], dims[1], dims[2])),
-                geometry: Geometry::axial(spacing, [0.0, 0.0, 0.0]),
-                meta: SeriesMeta::default(),
-                sop_instance_uids: vec![String::new(); dims[0]],
-                source_frames: vec![1; dims[0]],
-            };
-            let spec = crate::preprocess::GridSpec {
-                spacing: [2.0, 0.8, 0.8],
-                shape: [21, 33, 35],
-                channels: 4,
-                hu_clip: [-1000.0, 2000.0],
-                hu_scale: 1000.0,
-            };
-            let at = vol
-                .geometry
-                .index_to_patient(centre[0], centre[1], centre[2]);
-            let grid = ModelGrid::at_patient(&vol, &spec, at);
-            let (mbox, taps) = mask_box(&grid, dims).expect("crop meets the volume");
-            let ranges = cell_ranges(&taps, mbox.len, spec.shape).expect("monotone taps");
-            let mut off = 0;
-            let mut roff = 0;
-            for a in 0..3 {
-                let mut seen = vec![0; mbox.len[a]];
-                for c in 0..spec.shape[a] {
-                    let (first, count) = (ranges[4 * (roff + c)], ranges[4 * (roff + c) + 1]);
-                    for i in first..first + count {
-                        seen[i as usize] += 1;
-                        assert_eq!(taps[4 * (off + i as usize)], c as i32, "axis {a} index {i}");
-                    }
-                }
-                assert!(seen.iter().all(|&n| n == 1), "axis {a}: {seen:?}");
-                off += mbox.len[a];
-                roff += spec.shape[a];
-            }
-        }
-        // Decreasing taps are refused (the caller then uses a per-voxel kernel).
-        assert_eq!(
-            cell_ranges(&[1, 1, 0, 0, 0, 0, 0, 0], [2, 0, 0], [2, 1, 1]),
-            None
-        );
     }
 
     #[test]
