@@ -9,10 +9,12 @@
 //!
 //! Bandwidth notes: elementwise kernels handle 4 consecutive elements per thread with one
 //! 8-byte load and one 8/16-byte store (device buffers are allocated 256-byte aligned and
-//! always passed from offset 0); the gather kernels run one thread per output voxel on a 2-D
-//! grid (slice = blockIdx.y) so index math is one 32-bit division; read-only inputs go through
-//! `__ldg` (non-coherent cache); there are no atomics and no shared-memory staging (every
-//! output is written exactly once).
+//! always passed from offset 0); the gather kernels run on a 2-D grid (slice = blockIdx.y) so
+//! index math is one 32-bit division; read-only inputs go through `__ldg` (non-coherent
+//! cache); there are no atomics and every output is written exactly once. The product runs
+//! the tuned gather kernels (`resample_input_x4`: 4 x-outputs per thread; and
+//! `fine_to_native_compact`: candidates compacted per warp through shared memory); the
+//! one-output-per-thread kernels stay as the bench's baseline (`gpu::GatherKernels`).
 
 /// Kernel names, in the order [`SOURCE`] defines them.
 pub const RESCALE_S16: &str = "rescale_s16";
