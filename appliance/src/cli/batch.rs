@@ -327,6 +327,26 @@ mod tests {
         assert!((80..170).contains(&s0), "shard 0 of 4 got {s0} of 500");
     }
 
+    proptest::proptest! {
+        /// "Any N": for random counts up to 10 000 and random UIDs (padding included, as
+        /// DICOM pads odd-length UIDs), exactly one shard owns each study.
+        #[test]
+        fn exactly_one_shard_owns_each_study(
+            count in 1u64..10_000,
+            uids in proptest::collection::vec("[0-9]{1,10}(\\.[0-9]{1,10}){1,6}\\x00?", 1..20),
+        ) {
+            for uid in &uids {
+                let owner = (0..count).filter(|&i| Shard { index: i, count }.owns(uid)).count();
+                proptest::prop_assert_eq!(owner, 1);
+                // The padded and unpadded forms of a UID land in the same shard.
+                let bare = uid.trim_end_matches('\0');
+                let i = (0..count).find(|&i| Shard { index: i, count }.owns(bare));
+                let same = i.is_some_and(|i| Shard { index: i, count }.owns(uid));
+                proptest::prop_assert!(same, "{:?} and {:?} in different shards", uid, bare);
+            }
+        }
+    }
+
     #[test]
     fn shard_syntax() {
         assert_eq!(parse_shard("2/5"), Ok(Shard { index: 2, count: 5 }));
