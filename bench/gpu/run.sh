@@ -69,12 +69,14 @@ step "parity tests" 90 "$BIN/gpu_parity" --test-threads=1 --nocapture
 # libcuda present but NVRTC hidden: every test must skip with a reason, none may panic.
 step "cpu fallback without nvrtc" 30 env LD_LIBRARY_PATH=/usr/local/nvidia/lib64 "$BIN/gpu_parity" --test-threads=1 --nocapture nothing_resident
 step "bench" 120 "$BIN/cacd-gpu-bench" --reps 20 --cpu-reps 2 --json "$RES/bench.json" --config-out "$RES/config.json"
+# The same on a phantom (bone and calcium cluster, as in a CT) with the crop on its heart.
+step "bench phantom" 90 "$BIN/cacd-gpu-bench" --reps 20 --cpu-reps 1 --phantom 424242 --json "$RES/bench-phantom.json"
 if [ -f "$RES/config.json" ]; then
   step "torch reference" 100 "$PY" bench/gpu/torch_ref.py --config "$RES/config.json" --json "$RES/torch.json"
 else
   step "torch reference" 100 "$PY" bench/gpu/torch_ref.py --json "$RES/torch.json"
 fi
-step "summary" 15 "$PY" - "$RES/bench.json" "$RES/torch.json" <<'PYEOF'
+step "summary" 15 "$PY" - "$RES/bench.json" "$RES/torch.json" "$RES/bench-phantom.json" <<'PYEOF'
 import json, sys
 def num(x):
     return float(x) if isinstance(x, (int, float)) else float("nan")  # null = failed measurement
@@ -87,17 +89,24 @@ try:
 except Exception as e:
     print(f"(no torch results: {e})")
     torch_ms = {}
-copy = num(ours["copy"]["gbs"])
-print(f"device {ours['device']}, copy floor {copy:.0f} GB/s")
-print(f"{'kernel':<34}{'ms':>9}{'GB/s':>7}{'% copy':>8}{'% same-size copy':>18}   target >= 60 %")
-for k in ours["kernels"]:
-    pct = num(k["pct_of_copy"])
-    same = k.get("pct_of_same_size_copy")
-    same_txt = f"{num(same):>17.0f}%" if same is not None else " " * 18
-    # Rows of kernel sets the product does not use (no " *") are for comparison only.
-    compared = "H2D" in k["name"] or (("Baseline" in k["name"] or "X2" in k["name"] or "X4" in k["name"]) and not k["name"].endswith("*"))
-    flag = "" if compared else ("ok" if pct >= 60 else ("ok at size" if same is not None and num(same) >= 60 else "BELOW"))
-    print(f"{k['name']:<34}{num(k['ms']):>9.4f}{num(k['gbs']):>7.0f}{pct:>7.0f}%{same_txt}   {flag}")
+def kernel_table(ours, what):
+    copy = num(ours["copy"]["gbs"])
+    print(f"{what}: device {ours['device']}, copy floor {copy:.0f} GB/s")
+    print(f"{'kernel':<34}{'ms':>9}{'bytes':>9}{'% copy':>7}{'% same-size copy':>18}   target >= 60 %")
+    for k in ours["kernels"]:
+        pct = num(k["pct_of_copy"])
+        same = k.get("pct_of_same_size_copy")
+        same_txt = f"{num(same):>17.0f}%" if same is not None else " " * 18
+        # Rows of kernel sets the product does not use (no " *") are for comparison only.
+        compared = "H2D" in k["name"] or (("Baseline" in k["name"] or "X2" in k["name"] or "X4" in k["name"]) and not k["name"].endswith("*"))
+        flag = "" if compared else ("ok" if pct >= 60 else ("ok at size" if same is not None and num(same) >= 60 else "BELOW"))
+        print(f"{k['name']:<34}{num(k['ms']):>9.4f}{num(k['bytes']) / 1e6:>7.1f}MB{pct:>6.0f}%{same_txt}   {flag}")
+kernel_table(ours, "synthetic volume")
+try:
+    print()
+    kernel_table(json.load(open(sys.argv[3])), "phantom volume")
+except Exception as e:
+    print(f"(no phantom results: {e})")
 o = {key: num(v) for key, v in ours["ours_ms"].items()}
 t = {key: num(v) for key, v in torch_ms.items()}
 print(f"\n{'op':<16}{'cacd ms':>10}{'torch ms':>10}{'torch/cacd':>12}")

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use cacd::gpu::{
     input_taps, mask_box, rescale_cpu, GatherKernels, GpuPreprocessor, RawPixels, Rescale,
 };
+use cacd::phantom::{Burden, PhantomSpec};
 use cacd::preprocess::{
     coarse_input, fine_input, fine_to_native_mask, GridSpec, ModelGrid, CANDIDATE_HU,
 };
@@ -43,6 +44,11 @@ struct Args {
     /// Write the grid set-up torch_ref.py reproduces here.
     #[arg(long)]
     config_out: Option<PathBuf>,
+    /// Use `cacd phantom` SEED (moderate burden, slice spacing and count from --spacing and
+    /// --dims, 512x512) instead of the synthetic volume, with the fine crop on its heart: bone
+    /// and calcium cluster there, where the synthetic volume scatters its bright voxels.
+    #[arg(long)]
+    phantom: Option<u64>,
 }
 
 /// The grids of docs/ARCHITECTURE.md (what models/manifest.toml declares).
@@ -275,13 +281,52 @@ fn main() -> Result<()> {
         bail!("--dims and --spacing take three values each (z,y,x)");
     };
     let reps = a.reps.max(1);
+    // The volume: synthetic stored values, or a phantom's HU as stored values (+1024).
+    let (raw, [d, h, w], geometry, heart_mm) = match a.phantom {
+        Some(seed) => {
+            let mut spec = PhantomSpec::new(seed, Burden::Moderate);
+            spec.thickness_mm = Some(spacing[0]);
+            spec.slices = Some(d);
+            let t = Instant::now();
+            let ph = cacd::phantom::generate(&spec);
+            let (pd, ph_, pw) = ph.volume.dims();
+            println!(
+                "phantom seed {seed}: {pd}x{ph_}x{pw}, noise sigma {:.0} HU, generated in {:.1} s",
+                ph.info.noise_sigma_hu,
+                t.elapsed().as_secs_f64()
+            );
+            let raw: Vec<i16> = ph
+                .volume
+                .hu
+                .iter()
+                .map(|&v| v.saturating_add(1024))
+                .collect();
+            (
+                raw,
+                [pd, ph_, pw],
+                ph.volume.geometry.clone(),
+                Some(ph.info.heart_center_mm),
+            )
+        }
+        None => (
+            raw_volume(d, h, w),
+            [d, h, w],
+            Geometry::axial(spacing, [-179.0, -150.0, -1200.0]),
+            None,
+        ),
+    };
     let n = d * h * w;
     println!(
-        "== cacd-gpu-bench: {d}x{h}x{w} int16 ({:.0} MB), spacing {spacing:?} mm",
-        n as f64 * 2e-6
+        "== cacd-gpu-bench: {d}x{h}x{w} int16 ({:.0} MB), spacing {:?} mm, {}",
+        n as f64 * 2e-6,
+        geometry.spacing,
+        if a.phantom.is_some() {
+            "phantom"
+        } else {
+            "synthetic (3 % bright voxels at random)"
+        }
     );
 
-    let raw = raw_volume(d, h, w);
     let rescale = Rescale {
         slope: 1.0,
         intercept: -1024.0,
@@ -303,16 +348,17 @@ fn main() -> Result<()> {
     let hu = ndarray::Array3::from_shape_vec((d, h, w), hu).context("volume shape")?;
     let vol = Volume {
         hu,
-        geometry: Geometry::axial(spacing, [-179.0, -150.0, -1200.0]),
+        geometry,
         meta: SeriesMeta::default(),
         sop_instance_uids: vec![String::new(); d],
         source_frames: vec![1; d],
     };
-    // Heart-like crop centre: a little anterior-left of the volume centre.
+    // The phantom's heart, or a heart-like centre a little anterior-left of the middle.
     let centre_idx = [d as f64 * 0.55, h as f64 * 0.45, w as f64 * 0.55];
-    let centre_mm = vol
-        .geometry
-        .index_to_patient(centre_idx[0], centre_idx[1], centre_idx[2]);
+    let centre_mm = heart_mm.unwrap_or_else(|| {
+        vol.geometry
+            .index_to_patient(centre_idx[0], centre_idx[1], centre_idx[2])
+    });
     let (cpu_coarse_ms, (cpu_coarse, coarse_grid)) =
         best_of(a.cpu_reps, || coarse_input(&vol, &coarse));
     let (cpu_fine_ms, (cpu_fine, fine_grid)) =
@@ -675,6 +721,7 @@ fn main() -> Result<()> {
         "nvrtc_arch": info.arch,
         "compile_ms": info.compile_ms,
         "dims": [d, h, w],
+        "volume": a.phantom.map_or("synthetic".to_string(), |s| format!("phantom {s}")),
         "copy": {"bytes": bytes, "ms": copy_ms, "gbs": copy_gbs},
         "kernels": kernel_json,
         "gpu_total_ms": total_ms,
