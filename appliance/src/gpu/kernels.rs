@@ -25,6 +25,9 @@ pub const FINE_TO_NATIVE: &str = "fine_to_native";
 pub const RESAMPLE_INPUT_X2: &str = "resample_input_x2";
 pub const RESAMPLE_INPUT_X4: &str = "resample_input_x4";
 pub const FINE_TO_NATIVE_COMPACT: &str = "fine_to_native_compact";
+pub const FINE_TO_NATIVE_ROWS: &str = "fine_to_native_rows";
+/// Widest box row `fine_to_native_rows` takes (16 loads of 32 per lane).
+pub const MASK_ROW_MAX: usize = 512;
 
 /// Box voxels one warp of `fine_to_native_compact` scans (32 × MASK_CHUNK).
 pub const MASK_WARP_VOXELS: usize = 32 * 8;
@@ -402,6 +405,60 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_compact(const s
             default: lab = argmax_any(probs, plane, k, cw, cb); break;
         }
         out[v] = lab;
+    }
+}
+
+// Labels with per-row compaction: one warp per box row, so no index division; the row's HU
+// values (up to 512) are loaded with every load in flight, zeros are written for
+// non-candidates, the row's candidates are collected in shared memory with a ballot and then
+// labelled with every lane busy. Same per-voxel arithmetic as fine_to_native.
+// Launch: grid (ceil(bh / 8), bd), block 256; bw <= 512.
+extern "C" __global__ void __launch_bounds__(256) fine_to_native_rows(const short* __restrict__ hu, int nh, int nw,
+                                          const int4* __restrict__ ntaps,
+                                          const float* __restrict__ probs, int k, int d, int h,
+                                          int w, short threshold, int bz0, int by0, int bx0,
+                                          int bd, int bh, int bw,
+                                          unsigned char* __restrict__ out) {
+    __shared__ unsigned short list[8][512];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int yi = blockIdx.x * 8 + warp, zi = blockIdx.y;
+    if (yi >= bh) return;  // uniform per warp
+    const short* row = hu + ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + bx0;
+    unsigned char* orow = out + ((u64)zi * bh + yi) * bw;
+    short v[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        int xi = j * 32 + lane;
+        v[j] = xi < bw ? __ldg(row + xi) : (short)-32768;
+    }
+    unsigned int count = 0;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        if (j * 32 >= bw) break;  // uniform per warp
+        int xi = j * 32 + lane;
+        bool cand = xi < bw && v[j] >= threshold;
+        if (xi < bw && !cand) orow[xi] = 0;
+        unsigned int ballot = __ballot_sync(0xffffffffu, cand);
+        if (cand) list[warp][count + __popc(ballot & ((1u << lane) - 1u))] = (unsigned short)xi;
+        count += __popc(ballot);
+    }
+    __syncwarp();
+    u64 plane = (u64)d * h * w;
+    for (unsigned int i = lane; i < count; i += 32) {
+        int xi = list[warp][i];
+        float cw[8];
+        unsigned int cb[8];
+        corners(ntaps, bd, bh, zi, yi, xi, h, w, cw, cb);
+        unsigned char lab;
+        switch (k) {
+            case 2: lab = argmax_k<2>(probs, plane, cw, cb); break;
+            case 3: lab = argmax_k<3>(probs, plane, cw, cb); break;
+            case 4: lab = argmax_k<4>(probs, plane, cw, cb); break;
+            case 5: lab = argmax_k<5>(probs, plane, cw, cb); break;
+            case 6: lab = argmax_k<6>(probs, plane, cw, cb); break;
+            default: lab = argmax_any(probs, plane, k, cw, cb); break;
+        }
+        orow[xi] = lab;
     }
 }
 "#;

@@ -180,6 +180,7 @@ struct Kernels {
     resample_input_x2: CudaFunction,
     resample_input_x4: CudaFunction,
     fine_to_native_compact: CudaFunction,
+    fine_to_native_rows: CudaFunction,
 }
 
 /// Which implementation of the gather kernels (resampling onto the model grids, labels back
@@ -192,15 +193,18 @@ pub enum GatherKernels {
     X2,
     /// Resampling with 4 consecutive x outputs per thread; warp-compacted labels.
     X4,
+    /// Resampling as X4; labels compacted per box row (one warp per row, no index division).
+    Rows,
 }
 
 impl GatherKernels {
     /// The set the product uses (fastest in the H100 bench, BENCHMARKS.md).
     pub const DEFAULT: GatherKernels = GatherKernels::X4;
-    pub const ALL: [GatherKernels; 3] = [
+    pub const ALL: [GatherKernels; 4] = [
         GatherKernels::Baseline,
         GatherKernels::X2,
         GatherKernels::X4,
+        GatherKernels::Rows,
     ];
 }
 
@@ -413,6 +417,7 @@ impl GpuPreprocessor {
             resample_input_x2: load(kernels::RESAMPLE_INPUT_X2)?,
             resample_input_x4: load(kernels::RESAMPLE_INPUT_X4)?,
             fine_to_native_compact: load(kernels::FINE_TO_NATIVE_COMPACT)?,
+            fine_to_native_rows: load(kernels::FINE_TO_NATIVE_ROWS)?,
         };
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
@@ -740,7 +745,7 @@ impl GpuPreprocessor {
                 slab_cfg(h * w.div_ceil(2), d)?,
                 &self.kernels.resample_input_x2,
             ),
-            GatherKernels::X4 => (
+            GatherKernels::X4 | GatherKernels::Rows => (
                 slab_cfg(h * w.div_ceil(4), d)?,
                 &self.kernels.resample_input_x4,
             ),
@@ -850,21 +855,35 @@ impl GpuPreprocessor {
             )));
         }
         let n = mbox.voxels();
-        // The compact kernel indexes box voxels (and warp bases past the end) in 32 bits.
-        let (cfg, kernel) =
-            if self.gather == GatherKernels::Baseline || n >= u32::MAX as usize - 4096 {
-                let cfg = slab_cfg(mbox.len[1] * mbox.len[2], mbox.len[0])?;
-                (cfg, &self.kernels.fine_to_native)
-            } else {
-                // One warp per MASK_WARP_VOXELS box voxels, BLOCK / 32 warps per block.
-                let per_block = kernels::MASK_WARP_VOXELS * (kernels::BLOCK as usize / 32);
-                let cfg = LaunchConfig {
-                    grid_dim: (n.div_ceil(per_block).max(1) as u32, 1, 1),
-                    block_dim: (kernels::BLOCK, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                (cfg, &self.kernels.fine_to_native_compact)
+        let rows = self.gather == GatherKernels::Rows
+            && mbox.len[2] <= kernels::MASK_ROW_MAX
+            && mbox.len[0] <= 65_535;
+        let warps = kernels::BLOCK as usize / 32;
+        let (cfg, kernel) = if rows {
+            // One warp per box row, BLOCK / 32 rows per block, blockIdx.y the box slice.
+            let cfg = LaunchConfig {
+                grid_dim: (mbox.len[1].div_ceil(warps) as u32, mbox.len[0] as u32, 1),
+                block_dim: (kernels::BLOCK, 1, 1),
+                shared_mem_bytes: 0,
             };
+            (cfg, &self.kernels.fine_to_native_rows)
+        } else if self.gather == GatherKernels::Baseline || n >= u32::MAX as usize - 4096 {
+            // (The compact kernel indexes box voxels and warp bases past the end in 32 bits.)
+            let cfg = slab_cfg(mbox.len[1] * mbox.len[2], mbox.len[0])?;
+            (cfg, &self.kernels.fine_to_native)
+        } else {
+            // One warp per MASK_WARP_VOXELS box voxels, BLOCK / 32 warps per block.
+            let cfg = LaunchConfig {
+                grid_dim: (
+                    n.div_ceil(kernels::MASK_WARP_VOXELS * warps).max(1) as u32,
+                    1,
+                    1,
+                ),
+                block_dim: (kernels::BLOCK, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            (cfg, &self.kernels.fine_to_native_compact)
+        };
         let (stream, pool) = (&self.stream, &mut self.pool);
         guarded("mask", || {
             let tap_buf = pool.mask_taps.load(stream, taps).during("tap upload")?;
