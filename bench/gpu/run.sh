@@ -98,7 +98,7 @@ def kernel_table(ours, what):
         same = k.get("pct_of_same_size_copy")
         same_txt = f"{num(same):>17.0f}%" if same is not None else " " * 18
         # Rows of kernel sets the product does not use (no " *") are for comparison only.
-        compared = "H2D" in k["name"] or (("Baseline" in k["name"] or "X2" in k["name"] or "X4" in k["name"]) and not k["name"].endswith("*"))
+        compared = "H2D" in k["name"] or (any(v in k["name"] for v in ("Baseline", "Warp", "X2", "X4", "Rows", "Cells")) and not k["name"].endswith("*"))
         flag = "" if compared else ("ok" if pct >= 60 else ("ok at size" if same is not None and num(same) >= 60 else "BELOW"))
         print(f"{k['name']:<34}{num(k['ms']):>9.4f}{num(k['bytes']) / 1e6:>7.1f}MB{pct:>6.0f}%{same_txt}   {flag}")
 kernel_table(ours, "synthetic volume")

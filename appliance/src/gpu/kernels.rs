@@ -13,8 +13,10 @@
 //! index math is one 32-bit division; read-only inputs go through `__ldg` (non-coherent
 //! cache); there are no atomics and every output is written exactly once. The product runs
 //! the tuned gather kernels (`resample_input_x4`: 4 x-outputs per thread; and
-//! `fine_to_native_compact`: candidates compacted per warp through shared memory); the
-//! one-output-per-thread kernels stay as the bench's baseline (`gpu::GatherKernels`).
+//! `fine_to_native_rows`: one warp per box row, candidates compacted through shared memory);
+//! the one-output-per-thread kernels and the 256-voxel-chunk compaction
+//! (`fine_to_native_compact`, also the fallback for rows wider than 512) stay for the bench's
+//! comparison (`gpu::GatherKernels`).
 
 /// Kernel names, in the order [`SOURCE`] defines them.
 pub const RESCALE_S16: &str = "rescale_s16";
@@ -22,7 +24,6 @@ pub const RESCALE_U16: &str = "rescale_u16";
 pub const HU_TO_UNIT: &str = "hu_to_unit";
 pub const RESAMPLE_INPUT: &str = "resample_input";
 pub const FINE_TO_NATIVE: &str = "fine_to_native";
-pub const RESAMPLE_INPUT_X2: &str = "resample_input_x2";
 pub const RESAMPLE_INPUT_X4: &str = "resample_input_x4";
 pub const FINE_TO_NATIVE_COMPACT: &str = "fine_to_native_compact";
 pub const FINE_TO_NATIVE_ROWS: &str = "fine_to_native_rows";
@@ -263,7 +264,7 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native(const short* __
 
 // ---- Tuned variants (the defaults; the kernels above stay as the bench's baseline) ----
 
-// Resampling, N consecutive x outputs per thread (N = 2 or 4): the z/y taps and the four row
+// Resampling, N consecutive x outputs per thread (instantiated for N = 4; N = 2 measured the same): the z/y taps and the four row
 // offsets are computed once for the N, there are N independent gather chains in flight per
 // thread, and when w % N == 0 every channel is written with one 8- or 16-byte store. Same
 // arithmetic, in the same order, as resample_input (bit-identical).
@@ -336,13 +337,6 @@ __device__ __forceinline__ void resample_xn(const short* __restrict__ hu, int nh
             }
         }
     }
-}
-
-extern "C" __global__ void __launch_bounds__(256) resample_input_x2(const short* __restrict__ hu, int nh, int nw,
-                                          const int4* __restrict__ taps, int d, int h, int w,
-                                          int channels, float pad, float lo, float hi,
-                                          float scale, float* __restrict__ out) {
-    resample_xn<2>(hu, nh, nw, taps, d, h, w, channels, pad, lo, hi, scale, out);
 }
 
 extern "C" __global__ void __launch_bounds__(256) resample_input_x4(const short* __restrict__ hu, int nh, int nw,

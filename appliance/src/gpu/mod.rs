@@ -177,7 +177,6 @@ struct Kernels {
     hu_to_unit: CudaFunction,
     resample_input: CudaFunction,
     fine_to_native: CudaFunction,
-    resample_input_x2: CudaFunction,
     resample_input_x4: CudaFunction,
     fine_to_native_compact: CudaFunction,
     fine_to_native_rows: CudaFunction,
@@ -189,22 +188,21 @@ struct Kernels {
 pub enum GatherKernels {
     /// One output per thread, one thread per box voxel: the straightforward kernels.
     Baseline,
-    /// Resampling with 2 consecutive x outputs per thread; warp-compacted labels.
-    X2,
-    /// Resampling with 4 consecutive x outputs per thread; warp-compacted labels.
-    X4,
-    /// Resampling as X4; labels compacted per box row (one warp per row, no index division).
-    Rows,
+    /// Resampling with 4 consecutive x outputs per thread; labels compacted per warp over
+    /// chunks of 256 box voxels.
+    WarpChunks,
+    /// Resampling as `WarpChunks`; labels compacted per box row, one warp per row (rows wider
+    /// than 512 voxels fall back to `WarpChunks`).
+    WarpRows,
 }
 
 impl GatherKernels {
     /// The set the product uses (fastest in the H100 bench, BENCHMARKS.md).
-    pub const DEFAULT: GatherKernels = GatherKernels::X4;
-    pub const ALL: [GatherKernels; 4] = [
+    pub const DEFAULT: GatherKernels = GatherKernels::WarpRows;
+    pub const ALL: [GatherKernels; 3] = [
         GatherKernels::Baseline,
-        GatherKernels::X2,
-        GatherKernels::X4,
-        GatherKernels::Rows,
+        GatherKernels::WarpChunks,
+        GatherKernels::WarpRows,
     ];
 }
 
@@ -414,7 +412,6 @@ impl GpuPreprocessor {
             hu_to_unit: load(kernels::HU_TO_UNIT)?,
             resample_input: load(kernels::RESAMPLE_INPUT)?,
             fine_to_native: load(kernels::FINE_TO_NATIVE)?,
-            resample_input_x2: load(kernels::RESAMPLE_INPUT_X2)?,
             resample_input_x4: load(kernels::RESAMPLE_INPUT_X4)?,
             fine_to_native_compact: load(kernels::FINE_TO_NATIVE_COMPACT)?,
             fine_to_native_rows: load(kernels::FINE_TO_NATIVE_ROWS)?,
@@ -741,11 +738,7 @@ impl GpuPreprocessor {
         let total = plane * spec.channels;
         let (cfg, kernel) = match self.gather {
             GatherKernels::Baseline => (slab_cfg(h * w, d)?, &self.kernels.resample_input),
-            GatherKernels::X2 => (
-                slab_cfg(h * w.div_ceil(2), d)?,
-                &self.kernels.resample_input_x2,
-            ),
-            GatherKernels::X4 | GatherKernels::Rows => (
+            GatherKernels::WarpChunks | GatherKernels::WarpRows => (
                 slab_cfg(h * w.div_ceil(4), d)?,
                 &self.kernels.resample_input_x4,
             ),
@@ -855,7 +848,7 @@ impl GpuPreprocessor {
             )));
         }
         let n = mbox.voxels();
-        let rows = self.gather == GatherKernels::Rows
+        let rows = self.gather == GatherKernels::WarpRows
             && mbox.len[2] <= kernels::MASK_ROW_MAX
             && mbox.len[0] <= 65_535;
         let warps = kernels::BLOCK as usize / 32;
