@@ -552,27 +552,20 @@ fn main() -> Result<()> {
         } else {
             ""
         };
-        rows.push(Row {
-            name: format!("coarse 64x96x96x1 {v:?}{tag}"),
-            ms: ms[0],
-            bytes: coarse_sector_bytes,
-            same_copy_ms: Some(same_copy[0]),
-            note: format!(
-                "distinct 32-B sectors read + 4 B out per output; per-tap count {:.1} MB",
-                coarse_plane * 20.0 / 1e6
-            ),
-        });
-        rows.push(Row {
-            name: format!("fine 64x192x192x4 {v:?}{tag}"),
-            ms: ms[1],
-            bytes: fine_sector_bytes,
-            same_copy_ms: Some(same_copy[1]),
-            note: format!(
-                "distinct 32-B sectors read + 16 B out per output; per-tap count {:.1} MB",
-                fine_plane * 32.0 / 1e6
-            ),
-        });
-        rows.push(Row { name: format!("mask {v:?}{tag}"), ms: ms[2], bytes: mask_sector_bytes, same_copy_ms: Some(same_copy[2]), note: format!("box HU sectors + 1 B out per box voxel ({box_voxels}) + distinct probability sectors x K") });
+        let kernels = [
+            ("coarse 64x96x96x1", coarse_sector_bytes, format!("distinct 32-B sectors read + 4 B out per output; per-tap count {:.1} MB", coarse_plane * 20.0 / 1e6)),
+            ("fine 64x192x192x4", fine_sector_bytes, format!("distinct 32-B sectors read + 16 B out per output; per-tap count {:.1} MB", fine_plane * 32.0 / 1e6)),
+            ("mask", mask_sector_bytes, format!("box HU sectors + 1 B out per box voxel ({box_voxels}) + distinct probability sectors x K")),
+        ];
+        for (i, (name, bytes, note)) in kernels.into_iter().enumerate() {
+            rows.push(Row {
+                name: format!("{name} {v:?}{tag}"),
+                ms: ms[i],
+                bytes,
+                same_copy_ms: Some(same_copy[i]),
+                note,
+            });
+        }
     }
     let mut kernel_json = Vec::new();
     for r in &rows {

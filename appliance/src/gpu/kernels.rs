@@ -227,6 +227,26 @@ __device__ __forceinline__ unsigned char argmax_any(const float* __restrict__ pr
     return (unsigned char)best;
 }
 
+// The label of box voxel (zi, yi, xi): its 8 fine-grid corners and weights, then the argmax of
+// the K interpolated probabilities (K specialised up to 6).
+__device__ __forceinline__ unsigned char label_at(const int4* __restrict__ ntaps,
+                                                  const float* __restrict__ probs, int k, int d,
+                                                  int h, int w, int bd, int bh,
+                                                  int zi, int yi, int xi) {
+    float cw[8];
+    unsigned int base[8];
+    corners(ntaps, bd, bh, zi, yi, xi, h, w, cw, base);
+    u64 plane = (u64)d * h * w;
+    switch (k) {
+        case 2: return argmax_k<2>(probs, plane, cw, base);
+        case 3: return argmax_k<3>(probs, plane, cw, base);
+        case 4: return argmax_k<4>(probs, plane, cw, base);
+        case 5: return argmax_k<5>(probs, plane, cw, base);
+        case 6: return argmax_k<6>(probs, plane, cw, base);
+        default: return argmax_any(probs, plane, k, cw, base);
+    }
+}
+
 // Launch: grid (ceil(bh*bw / 256), bd), one thread per box voxel; blockIdx.y is the box slice.
 extern "C" __global__ void __launch_bounds__(256) fine_to_native(const short* __restrict__ hu, int nh, int nw,
                                           const int4* __restrict__ ntaps,
@@ -246,20 +266,7 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native(const short* __
         out[o] = 0;
         return;
     }
-    float cw[8];
-    unsigned int base[8];
-    corners(ntaps, bd, bh, zi, yi, xi, h, w, cw, base);
-    u64 plane = (u64)d * h * w;
-    unsigned char lab;
-    switch (k) {
-        case 2: lab = argmax_k<2>(probs, plane, cw, base); break;
-        case 3: lab = argmax_k<3>(probs, plane, cw, base); break;
-        case 4: lab = argmax_k<4>(probs, plane, cw, base); break;
-        case 5: lab = argmax_k<5>(probs, plane, cw, base); break;
-        case 6: lab = argmax_k<6>(probs, plane, cw, base); break;
-        default: lab = argmax_any(probs, plane, k, cw, base); break;
-    }
-    out[o] = lab;
+    out[o] = label_at(ntaps, probs, k, d, h, w, bd, bh, zi, yi, xi);
 }
 
 // ---- Tuned variants (the defaults; the kernels above stay as the bench's baseline) ----
@@ -381,24 +388,11 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_compact(const s
         count += __popc(ballot);
     }
     __syncwarp();
-    u64 plane = (u64)d * h * w;
     for (unsigned int i = lane; i < count; i += 32) {
         unsigned int v = base + list[warp][i];
         unsigned int zi = v / bhw, rr = v - zi * bhw;
         unsigned int yi = rr / bw, xi = rr - yi * bw;
-        float cw[8];
-        unsigned int cb[8];
-        corners(ntaps, bd, bh, (int)zi, (int)yi, (int)xi, h, w, cw, cb);
-        unsigned char lab;
-        switch (k) {
-            case 2: lab = argmax_k<2>(probs, plane, cw, cb); break;
-            case 3: lab = argmax_k<3>(probs, plane, cw, cb); break;
-            case 4: lab = argmax_k<4>(probs, plane, cw, cb); break;
-            case 5: lab = argmax_k<5>(probs, plane, cw, cb); break;
-            case 6: lab = argmax_k<6>(probs, plane, cw, cb); break;
-            default: lab = argmax_any(probs, plane, k, cw, cb); break;
-        }
-        out[v] = lab;
+        out[v] = label_at(ntaps, probs, k, d, h, w, bd, bh, (int)zi, (int)yi, (int)xi);
     }
 }
 
@@ -437,22 +431,9 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_rows(const shor
         count += __popc(ballot);
     }
     __syncwarp();
-    u64 plane = (u64)d * h * w;
     for (unsigned int i = lane; i < count; i += 32) {
         int xi = list[warp][i];
-        float cw[8];
-        unsigned int cb[8];
-        corners(ntaps, bd, bh, zi, yi, xi, h, w, cw, cb);
-        unsigned char lab;
-        switch (k) {
-            case 2: lab = argmax_k<2>(probs, plane, cw, cb); break;
-            case 3: lab = argmax_k<3>(probs, plane, cw, cb); break;
-            case 4: lab = argmax_k<4>(probs, plane, cw, cb); break;
-            case 5: lab = argmax_k<5>(probs, plane, cw, cb); break;
-            case 6: lab = argmax_k<6>(probs, plane, cw, cb); break;
-            default: lab = argmax_any(probs, plane, k, cw, cb); break;
-        }
-        orow[xi] = lab;
+        orow[xi] = label_at(ntaps, probs, k, d, h, w, bd, bh, zi, yi, xi);
     }
 }
 "#;
