@@ -49,6 +49,10 @@ struct TrainDataArgs {
     /// Take the grids from this manifest instead of docs/ARCHITECTURE.md's defaults.
     #[arg(long)]
     manifest: Option<std::path::PathBuf>,
+    /// Label the distractor calcifications (aortic wall and valve, mitral annulus, cartilage,
+    /// lymph nodes) as a sixth class, "non-coronary", in fine_y (vessels keep their voxels).
+    #[arg(long)]
+    non_coronary_class: bool,
 }
 
 #[derive(clap::Args)]
@@ -222,6 +226,7 @@ fn main() -> Result<()> {
                 jitter_mm: a.jitter_mm,
                 heart,
                 calcium,
+                non_coronary_class: a.non_coronary_class,
             };
             Ok(cacd::train_data::run(&opts)?)
         }

@@ -7,7 +7,9 @@
 //! * `fine_x.npy` `[C, D, H, W]` f32 — calcium segmenter input, the crop centred on the
 //!   heart box of the *true* coarse heart mask (found as inference finds it) plus a random
 //!   jitter, so training covers the locator's error;
-//! * `fine_y.npy` `[D, H, W]` u8 — vessel labels on the fine grid (footprint rule);
+//! * `fine_y.npy` `[D, H, W]` u8 — vessel labels on the fine grid (footprint rule); with
+//!   `--non-coronary-class` also [`NON_CORONARY_CLASS`] on the phantom's distractor
+//!   calcifications where no vessel label is;
 //! * `meta.json` — burden, slice spacing, truth total, jitter, crop centre.
 //!
 //! `OUT/grids.json` records the two grids used; `models/training/export.py` copies them into
@@ -26,6 +28,11 @@ use std::path::{Path, PathBuf};
 
 /// First seed of the benchmark range; never used for training.
 pub const BENCHMARK_SEEDS_FROM: u64 = 100_000;
+
+/// `fine_y` label of non-coronary calcification (the phantom's distractors) when
+/// [`TrainDataOptions::non_coronary_class`] is set: a class of its own, so the segmenter is
+/// taught what an ostial aortic-wall plaque is instead of only that it is not a vessel.
+pub const NON_CORONARY_CLASS: u8 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainDataError {
@@ -92,6 +99,8 @@ pub struct TrainDataOptions {
     pub jitter_mm: f64,
     pub heart: GridSpec,
     pub calcium: GridSpec,
+    /// Write the distractors as [`NON_CORONARY_CLASS`] into `fine_y`.
+    pub non_coronary_class: bool,
 }
 
 #[derive(Serialize)]
@@ -129,6 +138,8 @@ struct SampleMeta {
     /// Distractor calcifications (aortic wall/valve, mitral annulus, cartilage, lymph node)
     /// as fractional fine-grid indices `[z, y, x]`, for patch sampling.
     distractors_fine: Vec<[f64; 3]>,
+    /// Fine voxels labelled [`NON_CORONARY_CLASS`] (0 unless that class was asked for).
+    non_coronary_voxels_fine: usize,
 }
 
 /// Burden drawn per seed, weighted towards calcium present (the hard cases).
@@ -186,7 +197,21 @@ pub fn write_seed(seed: u64, opts: &TrainDataOptions) -> Result<usize, TrainData
         centre[2] + jitter[2],
     ];
     let (fine_x, fine_grid) = preprocess::fine_input(vol, crop_centre, &opts.calcium);
-    let fine_y: Array3<u8> = preprocess::labels_to_fine(ph.lesion_labels.view(), &fine_grid);
+    let mut fine_y: Array3<u8> = preprocess::labels_to_fine(ph.lesion_labels.view(), &fine_grid);
+    let mut non_coronary_voxels_fine = 0;
+    if opts.non_coronary_class {
+        // Footprint of the distractors alone; vessel labels keep every voxel they have.
+        let nc = ph
+            .distractor_mask
+            .mapv(|m| if m != 0 { NON_CORONARY_CLASS } else { 0 });
+        let nc_fine = preprocess::labels_to_fine(nc.view(), &fine_grid);
+        for (y, &n) in fine_y.iter_mut().zip(nc_fine.iter()) {
+            if *y == 0 && n != 0 {
+                *y = n;
+                non_coronary_voxels_fine += 1;
+            }
+        }
+    }
 
     let dir = opts.out.join(format!("s{seed:05}"));
     std::fs::create_dir_all(&dir).map_err(|e| io_err(&dir, e))?;
@@ -194,7 +219,7 @@ pub fn write_seed(seed: u64, opts: &TrainDataOptions) -> Result<usize, TrainData
     write_npy(&dir, "coarse_y.npy", &coarse_y)?;
     write_npy(&dir, "fine_x.npy", &tensor4(fine_x)?)?;
     write_npy(&dir, "fine_y.npy", &fine_y)?;
-    let lesion_voxels_fine = fine_y.iter().filter(|&&v| v != 0).count();
+    let lesion_voxels_fine = fine_y.iter().filter(|&&v| v != 0).count() - non_coronary_voxels_fine;
     let distractors_fine = ph
         .info
         .distractors
@@ -215,6 +240,7 @@ pub fn write_seed(seed: u64, opts: &TrainDataOptions) -> Result<usize, TrainData
         jitter_mm: jitter,
         crop_centre_mm: crop_centre,
         distractors_fine,
+        non_coronary_voxels_fine,
     };
     let p = dir.join("meta.json");
     let text = serde_json::to_string_pretty(&meta).map_err(|e| io_err(&p, e))?;
@@ -232,7 +258,11 @@ pub fn run(opts: &TrainDataOptions) -> Result<(), TrainDataError> {
     std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
     let grids = serde_json::json!({
         "heart": grid_json(&opts.heart, &["background", "heart"]),
-        "calcium": grid_json(&opts.calcium, &["background", "LM", "LAD", "LCX", "RCA"]),
+        "calcium": grid_json(&opts.calcium, if opts.non_coronary_class {
+            &["background", "LM", "LAD", "LCX", "RCA", "non-coronary"]
+        } else {
+            &["background", "LM", "LAD", "LCX", "RCA"]
+        }),
     });
     let p = opts.out.join("grids.json");
     let text = serde_json::to_string_pretty(&grids).map_err(|e| io_err(&p, e))?;
@@ -281,7 +311,51 @@ mod tests {
             jitter_mm: 0.0,
             heart,
             calcium,
+            non_coronary_class: false,
         };
         assert!(matches!(run(&opts), Err(TrainDataError::Seeds(..))));
+    }
+
+    /// With the non-coronary class the distractors appear as class 5 in fine_y, only where
+    /// the plain run has background, and every vessel label stays as it was.
+    #[test]
+    fn non_coronary_class_labels_distractors_and_keeps_vessels() {
+        let (heart, calcium) = default_grids();
+        let base = std::env::temp_dir().join(format!("cacd-train-data-nc-{}", std::process::id()));
+        let mut with_class = 0;
+        for seed in 1..=4u64 {
+            let mut fine_y = Vec::new();
+            for nc in [false, true] {
+                let opts = TrainDataOptions {
+                    seeds: (seed, seed + 1),
+                    out: base.join(format!("{nc}")),
+                    jitter_mm: 0.0,
+                    heart: heart.clone(),
+                    calcium: calcium.clone(),
+                    non_coronary_class: nc,
+                };
+                write_seed(seed, &opts).expect("seed written");
+                let p = opts.out.join(format!("s{seed:05}")).join("fine_y.npy");
+                let y: Array3<u8> = ndarray_npy::read_npy(&p).expect("fine_y readable");
+                fine_y.push(y);
+            }
+            let (plain, labelled) = (&fine_y[0], &fine_y[1]);
+            let mut fives = 0;
+            for (&a, &b) in plain.iter().zip(labelled.iter()) {
+                if a != 0 {
+                    assert_eq!(a, b, "seed {seed}: a vessel voxel changed");
+                } else {
+                    assert!(b == 0 || b == NON_CORONARY_CLASS, "seed {seed}: label {b}");
+                    fives += usize::from(b == NON_CORONARY_CLASS);
+                }
+            }
+            assert!(plain.iter().all(|&v| v < NON_CORONARY_CLASS));
+            with_class += usize::from(fives > 0);
+        }
+        let _ = std::fs::remove_dir_all(&base);
+        assert!(
+            with_class > 0,
+            "no seed of 1..=4 had a distractor in its crop"
+        );
     }
 }

@@ -21,10 +21,86 @@ fn same_seed_same_phantom() {
     assert_eq!(a.volume.hu, b.volume.hu);
     assert_eq!(a.lesion_labels, b.lesion_labels);
     assert_eq!(a.heart_mask, b.heart_mask);
+    assert_eq!(a.distractor_mask, b.distractor_mask);
     assert_eq!(a.truth, b.truth);
     assert_eq!(a.info, b.info);
     let c = phantom::generate(&small(12, Burden::Moderate));
     assert_ne!(a.volume.hu, c.volume.hu);
+}
+
+/// The distractor mask (a training target for a non-coronary class) marks every distractor
+/// calcification the phantom reports, bright voxels, and nothing the truth counts.
+#[test]
+fn distractor_mask_marks_the_distractors() {
+    let mut checked = 0;
+    for seed in [31u64, 32, 33, 34, 35, 36] {
+        let mut spec = PhantomSpec::new(seed, Burden::High);
+        spec.thickness_mm = Some(1.5);
+        let p = phantom::generate(&spec);
+        let marked = p.distractor_mask.iter().filter(|&&m| m == 1).count();
+        assert!(p.distractor_mask.iter().all(|&m| m <= 1));
+        if p.info.distractors.is_empty() {
+            assert_eq!(marked, 0, "seed {seed}: no distractors, nothing marked");
+            continue;
+        }
+        assert!(
+            marked > 0,
+            "seed {seed}: {} distractors, none marked",
+            p.info.distractors.len()
+        );
+        let (nz, ny, nx) = p.volume.dims();
+        for d in &p.info.distractors {
+            let c = p.volume.geometry.patient_to_index(d.center_mm);
+            let [z, y, x] = c.map(|v| v.round() as i64);
+            if z < 1
+                || y < 1
+                || x < 1
+                || z + 1 >= nz as i64
+                || y + 1 >= ny as i64
+                || x + 1 >= nx as i64
+            {
+                continue; // outside the scanned range
+            }
+            // The centre voxel or a neighbour (a thin wall plaque's centre can fall between
+            // voxels) is marked.
+            let near = (-1..=1).any(|dz| {
+                (-1..=1).any(|dy| {
+                    (-1..=1).any(|dx| {
+                        let i = [(z + dz) as usize, (y + dy) as usize, (x + dx) as usize];
+                        p.distractor_mask[i] == 1
+                    })
+                })
+            });
+            assert!(near, "seed {seed}: {:?} at {c:?} not marked", d.kind);
+            checked += 1;
+        }
+        // Mostly calcium-bright (edges are partial volume).
+        let mut hu: Vec<i16> = p
+            .volume
+            .hu
+            .iter()
+            .zip(p.distractor_mask.iter())
+            .filter(|(_, &m)| m == 1)
+            .map(|(&v, _)| v)
+            .collect();
+        hu.sort_unstable();
+        assert!(
+            hu[hu.len() / 2] >= 130,
+            "seed {seed}: median HU {}",
+            hu[hu.len() / 2]
+        );
+        // The truth is the lesion mask's score alone, as before.
+        let rescored = score::score(
+            p.volume.hu.view(),
+            p.lesion_labels.view(),
+            p.volume.geometry.spacing,
+        );
+        assert_eq!(rescored.agatston_total, p.truth.agatston_total);
+    }
+    assert!(
+        checked >= 4,
+        "only {checked} distractors inside the scanned range"
+    );
 }
 
 #[test]

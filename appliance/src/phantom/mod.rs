@@ -177,6 +177,10 @@ pub struct Phantom {
     pub lesion_labels: Array3<u8>,
     /// 1 inside the pericardium (incl. epicardial fat and the coronaries).
     pub heart_mask: Array3<u8>,
+    /// 1 where a distractor calcification touches the voxel (the same footprint rule as
+    /// `lesion_labels`; a plaque drawn over it keeps its vessel label there). For training a
+    /// non-coronary class; the truth never counts it.
+    pub distractor_mask: Array3<u8>,
     pub truth: Scores,
     pub info: PhantomInfo,
 }
@@ -365,6 +369,8 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         Array3::from_shape_vec(dims, labels).unwrap_or_else(|_| Array3::zeros(dims));
     let heart_mask =
         Array3::from_shape_vec(dims, rendered.heart).unwrap_or_else(|_| Array3::zeros(dims));
+    let distractor_mask =
+        Array3::from_shape_vec(dims, rendered.distractor).unwrap_or_else(|_| Array3::zeros(dims));
     let spacing = [dz, px, px];
     let truth = score::score(hu.view(), lesion_labels.view(), spacing);
 
@@ -458,6 +464,7 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         volume,
         lesion_labels,
         heart_mask,
+        distractor_mask,
         truth,
         info,
     }

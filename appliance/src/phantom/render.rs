@@ -73,6 +73,9 @@ pub struct Rendered {
     /// HU per slice, `nz` slices of `ny * nx`, row-major.
     pub hu: Vec<i16>,
     pub heart: Vec<u8>,
+    /// 1 where a distractor calcification (aortic wall or valve, mitral annulus, cartilage,
+    /// lymph node) touches the voxel, else 0 — a training target, never part of the truth.
+    pub distractor: Vec<u8>,
     /// Flat index → (noise-free value including distractors, noise) near the coronaries.
     pub record: HashMap<usize, (f32, f32)>,
 }
@@ -640,12 +643,14 @@ pub fn render(
     let n = g.nx * g.ny;
     let mut hu = vec![0i16; g.nz * n];
     let mut heart = vec![0u8; g.nz * n];
+    let mut distractor = vec![0u8; g.nz * n];
     let dref: Vec<&CalcItem> = distractors.iter().collect();
     let records: Vec<Vec<(usize, (f32, f32))>> = hu
         .par_chunks_mut(n)
         .zip(heart.par_chunks_mut(n))
+        .zip(distractor.par_chunks_mut(n))
         .enumerate()
-        .map(|(k, (hu_s, heart_s))| {
+        .map(|(k, ((hu_s, heart_s), distractor_s))| {
             let z = g.z(k);
             let tubes = rasterise_tubes(p, g, z);
             let ctx = SliceCtx::new(p, g, z);
@@ -663,6 +668,7 @@ pub fn render(
             }
             for h in calc_hits(&dref, g, k) {
                 vals[h.pix] = with_calc(vals[h.pix], &h);
+                distractor_s[h.pix] = 1;
             }
             let nz = slice_noise(noise, k, g.ny, g.nx);
             let mut rec = Vec::new();
@@ -677,7 +683,12 @@ pub fn render(
         })
         .collect();
     let record = records.into_iter().flatten().collect();
-    Rendered { hu, heart, record }
+    Rendered {
+        hu,
+        heart,
+        distractor,
+        record,
+    }
 }
 
 /// Correlated Gaussian noise for slice `k` (σ = `noise.sigma` before the body factor).
