@@ -198,6 +198,7 @@ pub fn write_seed(seed: u64, opts: &TrainDataOptions) -> Result<usize, TrainData
     ];
     let (fine_x, fine_grid) = preprocess::fine_input(vol, crop_centre, &opts.calcium);
     let mut fine_y: Array3<u8> = preprocess::labels_to_fine(ph.lesion_labels.view(), &fine_grid);
+    let lesion_voxels_fine = fine_y.iter().filter(|&&v| v != 0).count();
     let mut non_coronary_voxels_fine = 0;
     if opts.non_coronary_class {
         // Footprint of the distractors alone; vessel labels keep every voxel they have.
@@ -219,7 +220,6 @@ pub fn write_seed(seed: u64, opts: &TrainDataOptions) -> Result<usize, TrainData
     write_npy(&dir, "coarse_y.npy", &coarse_y)?;
     write_npy(&dir, "fine_x.npy", &tensor4(fine_x)?)?;
     write_npy(&dir, "fine_y.npy", &fine_y)?;
-    let lesion_voxels_fine = fine_y.iter().filter(|&&v| v != 0).count() - non_coronary_voxels_fine;
     let distractors_fine = ph
         .info
         .distractors
@@ -256,13 +256,14 @@ pub fn run(opts: &TrainDataOptions) -> Result<(), TrainDataError> {
         return Err(TrainDataError::Seeds(a, b));
     }
     std::fs::create_dir_all(&opts.out).map_err(|e| io_err(&opts.out, e))?;
+    // The labels the engine checks, plus the non-coronary class when it is written.
+    let mut calcium_labels = crate::infer::CALCIUM_LABELS.to_vec();
+    if opts.non_coronary_class {
+        calcium_labels.push("non-coronary");
+    }
     let grids = serde_json::json!({
         "heart": grid_json(&opts.heart, &["background", "heart"]),
-        "calcium": grid_json(&opts.calcium, if opts.non_coronary_class {
-            &["background", "LM", "LAD", "LCX", "RCA", "non-coronary"]
-        } else {
-            &["background", "LM", "LAD", "LCX", "RCA"]
-        }),
+        "calcium": grid_json(&opts.calcium, &calcium_labels),
     });
     let p = opts.out.join("grids.json");
     let text = serde_json::to_string_pretty(&grids).map_err(|e| io_err(&p, e))?;
