@@ -30,7 +30,7 @@ pub const FINE_TO_NATIVE_ROWS: &str = "fine_to_native_rows";
 /// Widest box row `fine_to_native_rows` takes (16 loads of 32 per lane).
 pub const MASK_ROW_MAX: usize = 512;
 
-/// Box voxels one warp of `fine_to_native_compact` scans (32 × MASK_CHUNK).
+/// Box voxels one warp of `fine_to_native_compact` scans (8 iterations of 32 lanes).
 pub const MASK_WARP_VOXELS: usize = 32 * 8;
 
 /// Threads per block for every kernel.
@@ -271,16 +271,16 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native(const short* __
 
 // ---- Tuned variants (the defaults; the kernels above stay as the bench's baseline) ----
 
-// Resampling, N consecutive x outputs per thread (instantiated for N = 4; N = 2 measured the same): the z/y taps and the four row
-// offsets are computed once for the N, there are N independent gather chains in flight per
-// thread, and when w % N == 0 every channel is written with one 8- or 16-byte store. Same
-// arithmetic, in the same order, as resample_input (bit-identical).
+// Resampling, N = 4 consecutive x outputs per thread (2 measured the same): the z/y taps and
+// the four row offsets are computed once for the N, there are N independent gather chains in
+// flight per thread, and when w % N == 0 every channel is written with one 16-byte store.
+// Same arithmetic, in the same order, as resample_input (bit-identical).
 // Launch: grid (ceil(h * ceil(w/N) / 256), d).
-template <int N>
-__device__ __forceinline__ void resample_xn(const short* __restrict__ hu, int nh, int nw,
-                                            const int4* __restrict__ taps, int d, int h, int w,
-                                            int channels, float pad, float lo, float hi,
-                                            float scale, float* __restrict__ out) {
+extern "C" __global__ void __launch_bounds__(256) resample_input_x4(const short* __restrict__ hu, int nh, int nw,
+                                          const int4* __restrict__ taps, int d, int h, int w,
+                                          int channels, float pad, float lo, float hi,
+                                          float scale, float* __restrict__ out) {
+    const int N = 4;
     unsigned int wq = ((unsigned int)w + N - 1) / N;
     unsigned int r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= (unsigned int)h * wq) return;
@@ -317,21 +317,12 @@ __device__ __forceinline__ void resample_xn(const short* __restrict__ hu, int nh
     }
     float cz = __int_as_float(tz.w), cy = __int_as_float(ty.w);
     if (w % N == 0) {
-        // idx and plane are multiples of N, out is 256-byte aligned: one vector store each.
-        if constexpr (N == 4) {
-            reinterpret_cast<float4*>(out + idx)[0] = make_float4(v[0], v[1], v[2], v[3]);
-            if (channels == 4) {
-                reinterpret_cast<float4*>(out + plane + idx)[0] = make_float4(cz, cz, cz, cz);
-                reinterpret_cast<float4*>(out + 2 * plane + idx)[0] = make_float4(cy, cy, cy, cy);
-                reinterpret_cast<float4*>(out + 3 * plane + idx)[0] = make_float4(cx[0], cx[1], cx[2], cx[3]);
-            }
-        } else {
-            reinterpret_cast<float2*>(out + idx)[0] = make_float2(v[0], v[1]);
-            if (channels == 4) {
-                reinterpret_cast<float2*>(out + plane + idx)[0] = make_float2(cz, cz);
-                reinterpret_cast<float2*>(out + 2 * plane + idx)[0] = make_float2(cy, cy);
-                reinterpret_cast<float2*>(out + 3 * plane + idx)[0] = make_float2(cx[0], cx[1]);
-            }
+        // idx and plane are multiples of 4, out is 256-byte aligned: one vector store each.
+        reinterpret_cast<float4*>(out + idx)[0] = make_float4(v[0], v[1], v[2], v[3]);
+        if (channels == 4) {
+            reinterpret_cast<float4*>(out + plane + idx)[0] = make_float4(cz, cz, cz, cz);
+            reinterpret_cast<float4*>(out + 2 * plane + idx)[0] = make_float4(cy, cy, cy, cy);
+            reinterpret_cast<float4*>(out + 3 * plane + idx)[0] = make_float4(cx[0], cx[1], cx[2], cx[3]);
         }
     } else {
         int n = min(N, w - x0);
@@ -346,11 +337,13 @@ __device__ __forceinline__ void resample_xn(const short* __restrict__ hu, int nh
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) resample_input_x4(const short* __restrict__ hu, int nh, int nw,
-                                          const int4* __restrict__ taps, int d, int h, int w,
-                                          int channels, float pad, float lo, float hi,
-                                          float scale, float* __restrict__ out) {
-    resample_xn<4>(hu, nh, nw, taps, d, h, w, channels, pad, lo, hi, scale, out);
+// Appends `value` to a warp's list for the lanes where `cand` holds, in lane order; returns
+// the list's new length (the same on every lane). All 32 lanes must call it.
+__device__ __forceinline__ unsigned int warp_append(unsigned short* list, unsigned int count,
+                                                    bool cand, unsigned short value, int lane) {
+    unsigned int ballot = __ballot_sync(0xffffffffu, cand);
+    if (cand) list[count + __popc(ballot & ((1u << lane) - 1u))] = value;
+    return count + __popc(ballot);
 }
 
 // Labels with warp-level compaction: candidates (HU >= threshold) are a few per cent of the
@@ -383,9 +376,7 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_compact(const s
             cand = hv >= threshold;
             if (!cand) out[v] = 0;
         }
-        unsigned int ballot = __ballot_sync(0xffffffffu, cand);
-        if (cand) list[warp][count + __popc(ballot & ((1u << lane) - 1u))] = (unsigned short)(j * 32 + lane);
-        count += __popc(ballot);
+        count = warp_append(list[warp], count, cand, (unsigned short)(j * 32 + lane), lane);
     }
     __syncwarp();
     for (unsigned int i = lane; i < count; i += 32) {
@@ -426,9 +417,7 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_rows(const shor
         int xi = j * 32 + lane;
         bool cand = xi < bw && v[j] >= threshold;
         if (xi < bw && !cand) orow[xi] = 0;
-        unsigned int ballot = __ballot_sync(0xffffffffu, cand);
-        if (cand) list[warp][count + __popc(ballot & ((1u << lane) - 1u))] = (unsigned short)xi;
-        count += __popc(ballot);
+        count = warp_append(list[warp], count, cand, (unsigned short)xi, lane);
     }
     __syncwarp();
     for (unsigned int i = lane; i < count; i += 32) {
