@@ -24,6 +24,24 @@ use std::time::Instant;
 /// Labels the calcium model must output, in this order (0 = background, then `Vessel` labels).
 pub const CALCIUM_LABELS: [&str; 5] = ["background", "LM", "LAD", "LCX", "RCA"];
 
+/// The optional sixth label of a calcium model: calcium that is not coronary (aortic wall and
+/// valve, mitral annulus). Such a model names what it must not call a vessel; the mask maps
+/// the class to background and the calcium probability leaves it out.
+pub const NON_CORONARY_LABEL: &str = "non-coronary";
+
+/// Whether `labels` is what a calcium model may output: [`CALCIUM_LABELS`], optionally followed
+/// by [`NON_CORONARY_LABEL`].
+pub fn calcium_labels_supported(labels: &[String]) -> bool {
+    let vessels = labels.len() >= CALCIUM_LABELS.len()
+        && labels.iter().zip(CALCIUM_LABELS).all(|(a, b)| a == b);
+    vessels
+        && match &labels[CALCIUM_LABELS.len()..] {
+            [] => true,
+            [extra] => extra == NON_CORONARY_LABEL,
+            _ => false,
+        }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
     #[error(transparent)]
@@ -163,9 +181,10 @@ impl Segmenter {
                 heart_entry.name, heart_entry.labels
             )));
         }
-        if calcium_entry.labels != CALCIUM_LABELS {
+        if !calcium_labels_supported(&calcium_entry.labels) {
             return Err(InferError::Manifest(format!(
-                "calcium model {} must output {CALCIUM_LABELS:?}, lists {:?}",
+                "calcium model {} must output {CALCIUM_LABELS:?} (optionally then \
+                 {NON_CORONARY_LABEL:?}), lists {:?}",
                 calcium_entry.name, calcium_entry.labels
             )));
         }
@@ -257,6 +276,14 @@ impl Segmenter {
             grid,
         } = self.segment_raw(vol)?;
         let t = Instant::now();
+        // A six-class model's non-coronary label (5) is not calcium to score.
+        seg.mask.mapv_inplace(|l| {
+            if usize::from(l) < CALCIUM_LABELS.len() {
+                l
+            } else {
+                0
+            }
+        });
         refine::drop_fragments(vol.hu.view(), seg.mask.view_mut());
         seg.calcium_prob = preprocess::calcium_prob_at_labels(&probs, &grid, seg.mask.view())?;
         seg.noise_hu = refine::noise_sigma(vol.hu.view());
@@ -390,4 +417,39 @@ fn check_shape(t: &cacd_models::Tensor, e: &ModelEntry) -> Result<(), InferError
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(l: &[&str]) -> Vec<String> {
+        l.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn calcium_models_have_five_labels_or_six_with_non_coronary() {
+        assert!(calcium_labels_supported(&labels(&CALCIUM_LABELS)));
+        let mut six = CALCIUM_LABELS.to_vec();
+        six.push(NON_CORONARY_LABEL);
+        assert!(calcium_labels_supported(&labels(&six)));
+        six.push(NON_CORONARY_LABEL);
+        assert!(!calcium_labels_supported(&labels(&six)), "seven labels");
+        assert!(!calcium_labels_supported(&labels(&[
+            "background",
+            "LM",
+            "LAD",
+            "LCX",
+            "RCA",
+            "aorta"
+        ])));
+        assert!(!calcium_labels_supported(&labels(&[
+            "background",
+            "LAD",
+            "LM",
+            "LCX",
+            "RCA"
+        ])));
+        assert!(!calcium_labels_supported(&labels(&["background", "LM"])));
+    }
 }

@@ -492,13 +492,17 @@ pub fn fine_to_native_mask(
 /// Probability of coronary calcium (1 − background, trilinearly interpolated as in
 /// [`fine_to_native_mask`]) at every labelled voxel of `mask`, keyed by `[z, y, x]`. Only the
 /// labelled voxels are looked up: a few thousand per study, where the whole grid is millions.
+/// With a sixth (non-coronary) class the probability is 1 − background − non-coronary: the
+/// share the model gives the four vessels.
 pub fn calcium_prob_at_labels(
     probs: &Tensor,
     grid: &FineGrid,
     mask: ArrayView3<u8>,
 ) -> Result<HashMap<[usize; 3], f32>, PreprocessError> {
-    check_probs(probs, grid)?;
-    let [_, h, w] = grid.spec.shape;
+    let k = check_probs(probs, grid)?;
+    let [d, h, w] = grid.spec.shape;
+    // Channels that are not coronary calcium: background, and class 5 when the model has it.
+    let not_coronary: &[usize] = if k > 5 { &[0, 5] } else { &[0] };
     let mut out = HashMap::new();
     for ((z, y, x), &label) in mask.indexed_iter() {
         if label == 0 {
@@ -509,9 +513,17 @@ pub fn calcium_prob_at_labels(
             fine_tap(grid, 1, y),
             fine_tap(grid, 2, x),
         );
-        let bg: f32 = trilinear_corners(taps.0, taps.1, taps.2)
+        let corners = trilinear_corners(taps.0, taps.1, taps.2);
+        let bg: f32 = not_coronary
             .iter()
-            .map(|&(cz, cy, cx, cw)| cw * probs.data[(cz * h + cy) * w + cx])
+            .map(|&c| {
+                corners
+                    .iter()
+                    .map(|&(cz, cy, cx, cw)| {
+                        cw * probs.data[c * d * h * w + (cz * h + cy) * w + cx]
+                    })
+                    .sum::<f32>()
+            })
             .sum();
         out.insert([z, y, x], (1.0 - bg).clamp(0.0, 1.0));
     }
@@ -766,6 +778,52 @@ mod tests {
             data: vec![0.0; 16],
         };
         assert!(calcium_prob_at_labels(&bad, &grid, mask.view()).is_err());
+    }
+
+    #[test]
+    fn calcium_probability_leaves_out_the_non_coronary_class() {
+        // Six classes, constant over the crop: background 0.2, LM 0.1, LAD 0.3, LCX 0.05,
+        // RCA 0.05, non-coronary 0.3 — coronary calcium is 0.5, not 1 − background = 0.8.
+        let vol = volume(
+            Array3::from_elem((20, 40, 40), 300i16),
+            [1.0, 0.5, 0.5],
+            [0.0; 3],
+        );
+        let s = spec([2.0, 1.0, 1.0], [6, 10, 10], 4);
+        let grid = ModelGrid::at_patient(&vol, &s, vol.geometry.index_to_patient(9.5, 19.5, 19.5));
+        let plane = 6 * 10 * 10;
+        let class_p = [0.2f32, 0.1, 0.3, 0.05, 0.05, 0.3];
+        let data = class_p
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(p, plane))
+            .collect();
+        let probs = Tensor {
+            shape: vec![1, 6, 6, 10, 10],
+            data,
+        };
+        let mut mask = Array3::<u8>::zeros((20, 40, 40));
+        mask[[9, 19, 19]] = 2;
+        mask[[10, 22, 17]] = 1;
+        let p = calcium_prob_at_labels(&probs, &grid, mask.view()).expect("shapes match");
+        assert_eq!(p.len(), 2);
+        for v in p.values() {
+            assert!(
+                (v - 0.5).abs() < 1e-6,
+                "coronary probability {v}, expected 0.5"
+            );
+        }
+        // The native mask itself still names class 5 where it wins; `Segmenter::segment`
+        // maps it to background.
+        let data = [0.1f32, 0.1, 0.1, 0.1, 0.1, 0.5]
+            .iter()
+            .flat_map(|&p| std::iter::repeat_n(p, plane))
+            .collect();
+        let probs = Tensor {
+            shape: vec![1, 6, 6, 10, 10],
+            data,
+        };
+        let m = fine_to_native_mask(&probs, &grid, &vol).expect("shapes match");
+        assert_eq!(m[[9, 19, 19]], 5);
     }
 
     #[test]

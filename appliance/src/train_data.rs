@@ -259,7 +259,7 @@ pub fn run(opts: &TrainDataOptions) -> Result<(), TrainDataError> {
     // The labels the engine checks, plus the non-coronary class when it is written.
     let mut calcium_labels = crate::infer::CALCIUM_LABELS.to_vec();
     if opts.non_coronary_class {
-        calcium_labels.push("non-coronary");
+        calcium_labels.push(crate::infer::NON_CORONARY_LABEL);
     }
     let grids = serde_json::json!({
         "heart": grid_json(&opts.heart, &["background", "heart"]),

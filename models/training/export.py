@@ -124,7 +124,8 @@ def main():
     out = []
     for role, net_cls, xname in [("heart", HeartNet, "coarse_x.npy"), ("calcium", CalciumNet, "fine_x.npy")]:
         g = grids[role]
-        net = net_cls()
+        # The calcium network has 5 classes, or 6 with the non-coronary class (grids.json says).
+        net = net_cls() if role == "heart" else net_cls(len(g["labels"]))
         net.load_state_dict(torch.load(run / f"{role}.pt", map_location="cpu"))
         shape = (1, g["channels"], *g["shape"])
         fp32 = models / f"{role}_fp32.onnx"

@@ -25,6 +25,21 @@ import torch.nn.functional as F
 from nets import CalciumNet, HeartNet
 
 VESSELS = ["LM", "LAD", "LCX", "RCA"]
+# Optional sixth class (`cacd train-data --non-coronary-class`): calcium that is not coronary
+# (aortic wall and valve, mitral annulus). Scored as background by the engine; it exists so the
+# network learns a name for what it must not call LM or RCA.
+NON_CORONARY = "non-coronary"
+
+
+def calcium_labels(data):
+    """The calcium class names of DATA (its grids.json), 5 or 6 of them."""
+    grids = Path(data) / "grids.json"
+    if not grids.exists():
+        return ["background"] + VESSELS
+    labels = json.loads(grids.read_text())["calcium"]["labels"]
+    if labels[:5] != ["background"] + VESSELS or labels[5:] not in ([], [NON_CORONARY]):
+        raise SystemExit(f"{grids}: unexpected calcium labels {labels}")
+    return labels
 
 
 def seed_everything(s):
@@ -132,7 +147,12 @@ class FineSet:
             self.hu.append(np.array(x[0], dtype=np.float16))
             self.y.append(np.load(d / "fine_y.npy"))
             self.metas.append(meta)
-        self.lesions = [np.argwhere(y > 0) for y in self.y]
+        # Coronary lesions only: the non-coronary class (5) is sampled through the distractors.
+        self.lesions = [np.argwhere((y > 0) & (y <= len(VESSELS))) for y in self.y]
+        # Non-coronary voxels (6-class data): patches centred on them weigh the distractors by
+        # size rather than by count (a mitral annulus is many small beads, an aortic-wall
+        # plaque by an ostium one).
+        self.non_coronary = [np.argwhere(y == len(VESSELS) + 1) for y in self.y]
         # Bright non-lesion voxels (bone, distractors) ≥ 130 HU.
         rng = np.random.default_rng(0)
         self.bright = []
@@ -153,6 +173,8 @@ class FineSet:
         jitter = rng.integers(-12, 13, size=3) * np.array([1, 2, 2])
         if r < MIX[0] and len(self.lesions[i]):
             c = self.lesions[i][rng.integers(len(self.lesions[i]))] + jitter
+        elif r < MIX[1] and NC_VOXEL_SHARE[0] > 0 and len(self.non_coronary[i]) and rng.random() < NC_VOXEL_SHARE[0]:
+            c = self.non_coronary[i][rng.integers(len(self.non_coronary[i]))] + jitter
         elif r < MIX[1] and self.metas[i]["distractors_fine"]:
             ds = self.metas[i]["distractors_fine"]
             c = np.round(ds[rng.integers(len(ds))]).astype(int) + jitter
@@ -164,8 +186,12 @@ class FineSet:
 
 
 CLASS_WEIGHTS = [1.0, 8.0, 6.0, 6.0, 6.0]
+# Weight of the non-coronary class when the data has one (--non-coronary-weight).
+NON_CORONARY_WEIGHT = [3.0]
 # Patch sampling mix: cumulative shares of lesion, distractor, bright-voxel centres (rest: anywhere).
 MIX = [0.5, 0.75, 0.85]
+# Of the distractor-centred patches, the share centred on a random non-coronary voxel instead.
+NC_VOXEL_SHARE = [0.0]
 
 
 def calcium_loss(logits, y, hu):
@@ -178,7 +204,8 @@ def calcium_loss(logits, y, hu):
     """
     focus = ((hu >= 0.10) | (y > 0)).float()
     w = 0.02 + focus
-    class_w = torch.tensor(CLASS_WEIGHTS)
+    k = logits.shape[1]
+    class_w = torch.tensor((CLASS_WEIGHTS + NON_CORONARY_WEIGHT)[:k])
     ce = F.cross_entropy(logits, y, weight=class_w, reduction="none")
     ce = (ce * w).sum() / (w * class_w[y]).sum()
     prob = torch.softmax(logits, 1)
@@ -196,32 +223,54 @@ def calcium_loss(logits, y, hu):
 def evaluate_calcium(net, val, coords):
     """Per-class Dice on whole validation crops, counted on voxels ≥ 130 HU (what gets scored)."""
     net.eval()
-    inter = np.zeros(5)
-    denom = np.zeros(5)
+    k = net.head.out_channels
+    names = (["background"] + VESSELS + [NON_CORONARY])[:k]
+    inter = np.zeros(k)
+    denom = np.zeros(k)
     with torch.no_grad():
         for d, _ in val[:20]:
             x = np.load(d / "fine_x.npy")
             y = np.load(d / "fine_y.npy")
             pred = net(torch.from_numpy(x[None])).argmax(1)[0].numpy()
             cand = x[0] >= 0.13
-            for c in range(1, 5):
+            for c in range(1, k):
                 p = (pred == c) & cand
                 t = (y == c) & cand
                 inter[c] += 2 * (p & t).sum()
                 denom[c] += p.sum() + t.sum()
     net.train()
-    return {v: float(inter[c] / denom[c]) if denom[c] else float("nan") for c, v in enumerate(VESSELS, 1)}
+    return {v: float(inter[c] / denom[c]) if denom[c] else float("nan") for c, v in enumerate(names) if c > 0}
 
 
-def train_calcium(train, val, out, steps, minutes, batch, size, init=None, lr=3e-3):
+def load_init(net, init):
+    """Loads earlier weights; a 5-class head grows a non-coronary row that starts silent
+    (zero weights, bias 6 below background), so the fine-tuned network begins exactly where
+    the 5-class one was."""
+    state = torch.load(init, map_location="cpu")
+    k = net.head.out_channels
+    old = state["head.weight"].shape[0]
+    if old != k:
+        if (old, k) != (5, 6):
+            raise SystemExit(f"{init}: {old}-class head cannot initialise a {k}-class network")
+        w = torch.zeros((k,) + tuple(state["head.weight"].shape[1:]))
+        w[:old] = state["head.weight"]
+        b = torch.empty(k)
+        b[:old] = state["head.bias"]
+        b[old] = state["head.bias"][0] - 6.0
+        state["head.weight"], state["head.bias"] = w, b
+        print(f"calcium: {init} has {old} classes; head row {old} initialised silent", flush=True)
+    net.load_state_dict(state)
+
+
+def train_calcium(train, val, out, steps, minutes, batch, size, init=None, lr=3e-3, classes=5):
     seed_everything(2)
     t_load = time.time()
     ds = FineSet(train)
     print(f"calcium: {len(train)} crops loaded in {time.time() - t_load:.0f}s", flush=True)
-    net = CalciumNet()
+    net = CalciumNet(classes)
     if init:
         # Fine-tuning continues from an earlier run's weights (its seed stream differs: 3).
-        net.load_state_dict(torch.load(init, map_location="cpu"))
+        load_init(net, init)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.08)
     rng = np.random.default_rng(3 if init else 2)
@@ -262,23 +311,29 @@ def main():
     ap.add_argument("--calcium-init", help="start the calcium net from these weights (fine-tuning)")
     ap.add_argument("--calcium-lr", type=float, default=3e-3)
     ap.add_argument("--class-weights", type=float, nargs=5, default=CLASS_WEIGHTS)
+    ap.add_argument("--non-coronary-weight", type=float, default=NON_CORONARY_WEIGHT[0], help="class weight of non-coronary (6-class data)")
+    ap.add_argument("--nc-voxel-share", type=float, default=NC_VOXEL_SHARE[0],
+                    help="share of distractor patches centred on a non-coronary voxel (6-class data)")
     ap.add_argument("--mix", type=float, nargs=3, default=MIX, help="cumulative lesion/distractor/bright shares")
     args = ap.parse_args()
     CLASS_WEIGHTS[:] = args.class_weights
     MIX[:] = args.mix
+    NON_CORONARY_WEIGHT[:] = [args.non_coronary_weight]
+    NC_VOXEL_SHARE[:] = [args.nc_voxel_share]
     torch.set_num_threads(int(os.environ.get("TRAIN_THREADS", "2")))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples = load_samples(args.data)
     train, val = split(samples)
-    print(f"{len(train)} training seeds, {len(val)} validation seeds", flush=True)
+    labels = calcium_labels(args.data)
+    print(f"{len(train)} training seeds, {len(val)} validation seeds, calcium classes {labels}", flush=True)
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
-    metrics.update({"train_seeds": [m["seed"] for _, m in train], "val_seeds": [m["seed"] for _, m in val]})
+    metrics.update({"train_seeds": [m["seed"] for _, m in train], "val_seeds": [m["seed"] for _, m in val], "calcium_labels": labels})
     if args.only in (None, "heart"):
         metrics.update(train_heart(train, val, out, args.heart_steps, args.heart_minutes))
     if args.only in (None, "calcium"):
-        metrics.update(train_calcium(train, val, out, args.calcium_steps, args.calcium_minutes, args.batch, tuple(args.patch), args.calcium_init, args.calcium_lr))
+        metrics.update(train_calcium(train, val, out, args.calcium_steps, args.calcium_minutes, args.batch, tuple(args.patch), args.calcium_init, args.calcium_lr, len(labels)))
     metrics_path.write_text(json.dumps(metrics, indent=2))
 
 
