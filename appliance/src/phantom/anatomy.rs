@@ -680,6 +680,12 @@ fn coronary_clearance(p: &Patient, q: V3) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
+/// Gap (mm) kept between a non-coronary calcification's extent and every coronary's wall.
+/// Calcium touching a coronary is, on the image, calcium of that coronary (a reader and the
+/// scoring convention count it), so a distractor drawn there would be truth that contradicts
+/// the picture. Near the ostia the distractors still come within this gap of the vessels.
+const CORONARY_GAP_MM: f64 = 1.5;
+
 fn build_distractors<R: Rng>(p: &mut Patient, rng: &mut R, h: f64) {
     let heart = p.heart.clone();
     let age = uni(rng, 0.0, 1.0).max(h * 0.5);
@@ -692,9 +698,15 @@ fn build_distractors<R: Rng>(p: &mut Patient, rng: &mut R, h: f64) {
         let k = rng.gen_range(1..=4);
         for _ in 0..k {
             let ang = uni(rng, 0.0, 2.0 * PI);
-            let rr = root_r * uni(rng, 0.3, 0.7);
-            let c = add(root, [rr * ang.cos(), rr * ang.sin(), uni(rng, -9.0, -2.0)]);
+            let mut rr = root_r * uni(rng, 0.3, 0.7);
+            let dz = uni(rng, -9.0, -2.0);
             let s = uni(rng, 1.0, 3.5);
+            // Clear of the coronaries (see CORONARY_GAP_MM): towards the root's axis.
+            let at = |rr: f64| add(root, [rr * ang.cos(), rr * ang.sin(), dz]);
+            while rr > 0.0 && coronary_clearance(p, at(rr)) <= s + CORONARY_GAP_MM {
+                rr -= 0.5;
+            }
+            let c = at(rr.max(0.0));
             out.push(Distractor {
                 kind: DistractorKind::AorticValve,
                 calc: calc_sphere(
@@ -716,15 +728,26 @@ fn build_distractors<R: Rng>(p: &mut Patient, rng: &mut R, h: f64) {
             let c0 = lerp(seg.a, seg.b, t);
             let r = seg.ra + (seg.rb - seg.ra) * t;
             let tan = normalize(sub(seg.b, seg.a));
-            let rad_dir = rotate(perpendicular(tan), tan, uni(rng, 0.0, 2.0 * PI));
-            let c = add(c0, scale(rad_dir, r - 0.8));
+            let mut rad_dir = rotate(perpendicular(tan), tan, uni(rng, 0.0, 2.0 * PI));
             let len = uni(rng, 1.5, 6.0);
             let calc = calc_sphere(
-                c,
+                c0,
                 tan,
                 [len, len * uni(rng, 0.6, 1.0), uni(rng, 0.7, 1.5)],
                 uni(rng, 200.0, 1100.0),
             );
+            // Clear of the coronaries (see CORONARY_GAP_MM): round the wall in 15° steps, so
+            // a plaque by an ostium stays beside it; none of the 24 places clear: no plaque.
+            let mut c = add(c0, scale(rad_dir, r - 0.8));
+            let mut turns = 0;
+            while coronary_clearance(p, c) <= len + CORONARY_GAP_MM && turns < 24 {
+                rad_dir = rotate(rad_dir, tan, PI / 12.0);
+                c = add(c0, scale(rad_dir, r - 0.8));
+                turns += 1;
+            }
+            if turns == 24 {
+                continue;
+            }
             // Rotate the thin axis to the wall normal.
             let a2 = rad_dir;
             let a0 = tan;
@@ -732,6 +755,7 @@ fn build_distractors<R: Rng>(p: &mut Patient, rng: &mut R, h: f64) {
             out.push(Distractor {
                 kind: DistractorKind::AorticWall,
                 calc: Calc {
+                    center: c,
                     axes: [a0, a1, a2],
                     ..calc
                 },
@@ -752,9 +776,9 @@ fn build_distractors<R: Rng>(p: &mut Patient, rng: &mut R, h: f64) {
             let g = g0 + span * (i as f64 / n as f64 - 0.5);
             let dir = add(scale(heart.es, g.cos()), scale(heart.en, g.sin()));
             let mut c = add(ring_c, scale(dir, ring_r));
-            // Keep it off the LCX: move inwards until the bead clears every coronary by 1.5 mm.
+            // Keep it off the LCX: move inwards until the bead clears every coronary.
             for _ in 0..20 {
-                if coronary_clearance(p, c) > thick * 1.3 + 1.5 {
+                if coronary_clearance(p, c) > thick * 1.3 + CORONARY_GAP_MM {
                     break;
                 }
                 c = add(c, scale(dir, -1.0));
@@ -822,6 +846,41 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha20Rng;
+
+    /// Aortic wall and valve plaques and the mitral annulus come near the coronaries (by the
+    /// ostia, along the AV groove) but never touch them: calcium touching a coronary would be
+    /// that coronary's calcium on the image, whatever the truth says.
+    #[test]
+    fn distractors_near_the_heart_keep_clear_of_the_coronaries() {
+        let mut near = 0;
+        for seed in 0..150 {
+            let mut rng = ChaCha20Rng::seed_from_u64(seed);
+            let p = draw_patient(&mut rng, 0.5);
+            for d in &p.distractors {
+                let checked = matches!(
+                    d.kind,
+                    DistractorKind::AorticWall
+                        | DistractorKind::AorticValve
+                        | DistractorKind::MitralAnnulus
+                );
+                if !checked {
+                    continue;
+                }
+                let extent = d.calc.radii.iter().cloned().fold(0.0, f64::max);
+                let gap = coronary_clearance(&p, d.calc.center) - extent;
+                assert!(
+                    gap > CORONARY_GAP_MM - 1e-9,
+                    "seed {seed}: {:?} gap {gap:.2} mm",
+                    d.kind
+                );
+                near += usize::from(gap < 5.0);
+            }
+        }
+        assert!(
+            near > 10,
+            "only {near} distractors within 5 mm of a coronary: too easy"
+        );
+    }
 
     #[test]
     fn heart_axis_points_anterior_left_inferior() {
