@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{mpsc, Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
@@ -33,8 +33,6 @@ pub enum QueueError {
         key: String,
         source: serde_json::Error,
     },
-    #[error("queue database closed")]
-    Closed,
 }
 
 macro_rules! db_err {
@@ -162,128 +160,6 @@ pub enum ScoringEnd {
 pub struct Queue {
     db: Arc<Database>,
     max_scoring_attempts: u32,
-    /// The group-commit thread for instance records ([`Queue::record_instance`]); `None`
-    /// when it could not be started (each record is then its own transaction).
-    recorder: Option<mpsc::Sender<RecordRequest>>,
-}
-
-/// One instance to record and where its outcome goes.
-struct RecordRequest {
-    study_uid: String,
-    series_uid: String,
-    sop_instance_uid: String,
-    reply: mpsc::SyncSender<Result<Recorded, QueueError>>,
-}
-
-/// Most instance records one group commit takes.
-const MAX_GROUP: usize = 64;
-
-/// Group commit: instance records that arrive while a commit is on the disk are committed
-/// together in the next transaction, so concurrent associations share one fsync instead of
-/// queueing for one each. Every caller still gets its answer only after the transaction that
-/// holds its record is durable. A lone association sees no batching and no extra sync.
-///
-/// The thread holds the database only while it commits (a `Weak` otherwise), and ends when the
-/// last `Queue` handle, and with it the last sender, is dropped — so a dropped queue can be
-/// reopened at once.
-fn run_recorder(db: Weak<Database>, requests: mpsc::Receiver<RecordRequest>) {
-    while let Ok(first) = requests.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let outcomes: Vec<Result<Recorded, QueueError>> = match db.upgrade() {
-            None => batch.iter().map(|_| Err(QueueError::Closed)).collect(),
-            Some(db) => {
-                let ids: Vec<[&str; 3]> = batch
-                    .iter()
-                    .map(|r| [&*r.study_uid, &*r.series_uid, &*r.sop_instance_uid])
-                    .collect();
-                match record_instances(&db, &ids) {
-                    Ok(v) => v.into_iter().map(Ok).collect(),
-                    // One bad record must not fail the others: retry each alone, so each
-                    // caller gets its own outcome.
-                    Err(_) if ids.len() > 1 => ids
-                        .iter()
-                        .map(|id| record_instances(&db, &[*id]).map(|v| v[0]))
-                        .collect(),
-                    Err(e) => vec![Err(e)],
-                }
-                // `db` is dropped here, before anyone hears back.
-            }
-        };
-        for (r, outcome) in batch.into_iter().zip(outcomes) {
-            // A caller that gave up waiting has nothing to hear.
-            let _ = r.reply.send(outcome);
-        }
-    }
-}
-
-/// Runs `f` in one durable write transaction over the three tables.
-fn write_tx<R>(
-    db: &Database,
-    f: impl FnOnce(
-        &mut redb::Table<&str, &str>,
-        &mut redb::Table<&str, &str>,
-        &mut redb::Table<&str, &str>,
-    ) -> Result<R, QueueError>,
-) -> Result<R, QueueError> {
-    let mut tx = db.begin_write()?;
-    tx.set_durability(Durability::Immediate)?;
-    let r = {
-        let mut series = tx.open_table(SERIES)?;
-        let mut instances = tx.open_table(INSTANCES)?;
-        let mut deliveries = tx.open_table(DELIVERIES)?;
-        f(&mut series, &mut instances, &mut deliveries)?
-    };
-    tx.commit()?;
-    Ok(r)
-}
-
-/// Records stored instances `[study, series, sop]` in one durable transaction, in order (a
-/// SOP Instance UID seen earlier, in the database or in the same batch, is a duplicate). A
-/// new instance (re)opens its series for receiving.
-fn record_instances(db: &Database, ids: &[[&str; 3]]) -> Result<Vec<Recorded>, QueueError> {
-    write_tx(db, |series, instances, _| {
-        let mut out = Vec::with_capacity(ids.len());
-        for &[study_uid, series_uid, sop_instance_uid] in ids {
-            if instances.get(sop_instance_uid)?.is_some() {
-                out.push(Recorded::Duplicate);
-                continue;
-            }
-            instances.insert(sop_instance_uid, series_uid)?;
-            let now = now_ms();
-            let mut rec = Queue::get_series(series, series_uid)?.unwrap_or(SeriesRecord {
-                study_uid: study_uid.to_string(),
-                series_uid: series_uid.to_string(),
-                state: SeriesState::Receiving,
-                instances: 0,
-                last_instance_ms: now,
-                generation: 0,
-                version: 0,
-                scoring_attempts: 0,
-                reason: None,
-                results: Vec::new(),
-                agatston_total: None,
-                updated_ms: now,
-                delivered_ms: None,
-            });
-            rec.instances += 1;
-            rec.last_instance_ms = now;
-            rec.generation += 1;
-            if rec.state != SeriesState::Receiving {
-                rec.state = SeriesState::Receiving;
-                rec.reason = None;
-                rec.delivered_ms = None;
-            }
-            Queue::put_series(series, &mut rec)?;
-            out.push(Recorded::New);
-        }
-        Ok(out)
-    })
 }
 
 pub fn now_ms() -> u64 {
@@ -322,19 +198,10 @@ pub enum Recorded {
 impl Queue {
     /// Opens (creating) `data_dir/queue.redb`.
     pub fn open(data_dir: &Path) -> Result<Queue, QueueError> {
-        let db = Arc::new(Database::create(data_dir.join("queue.redb"))?);
-        let (tx, rx) = mpsc::channel();
-        let weak = Arc::downgrade(&db);
-        let recorder = std::thread::Builder::new()
-            .name("cacd-queue-commit".into())
-            .spawn(move || run_recorder(weak, rx))
-            .map_err(|e| tracing::warn!("no group-commit thread, one commit per instance: {e}"))
-            .ok()
-            .map(|_| tx);
+        let db = Database::create(data_dir.join("queue.redb"))?;
         let q = Queue {
-            db,
+            db: Arc::new(db),
             max_scoring_attempts: MAX_SCORING_ATTEMPTS,
-            recorder,
         };
         // Create the tables so read transactions never meet a missing one.
         q.write(|_, _, _| Ok(()))?;
@@ -361,7 +228,16 @@ impl Queue {
             &mut redb::Table<&str, &str>,
         ) -> Result<R, QueueError>,
     ) -> Result<R, QueueError> {
-        write_tx(&self.db, f)
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate)?;
+        let r = {
+            let mut series = tx.open_table(SERIES)?;
+            let mut instances = tx.open_table(INSTANCES)?;
+            let mut deliveries = tx.open_table(DELIVERIES)?;
+            f(&mut series, &mut instances, &mut deliveries)?
+        };
+        tx.commit()?;
+        Ok(r)
     }
 
     fn get_series(
@@ -395,28 +271,50 @@ impl Queue {
         Ok(())
     }
 
-    /// Records a stored instance, durably, before returning. A new instance (re)opens its
-    /// series for receiving, which after the quiet period leads to a (new) scoring run.
-    /// Blocking; concurrent callers share a transaction (group commit, [`run_recorder`]).
+    /// Records a stored instance. A new instance (re)opens its series for receiving, which
+    /// after the quiet period leads to a (new) scoring run.
+    ///
+    /// One transaction per instance. Committing concurrent associations' records together
+    /// (group commit) was built and measured: no gain on ext4, whose journal already merges
+    /// concurrent fsyncs into one commit (BENCHMARKS.md, "Receive throughput").
     pub fn record_instance(
         &self,
         study_uid: &str,
         series_uid: &str,
         sop_instance_uid: &str,
     ) -> Result<Recorded, QueueError> {
-        if let Some(recorder) = &self.recorder {
-            let (reply, answer) = mpsc::sync_channel(1);
-            let req = RecordRequest {
+        self.write(|series, instances, _| {
+            if instances.get(sop_instance_uid)?.is_some() {
+                return Ok(Recorded::Duplicate);
+            }
+            instances.insert(sop_instance_uid, series_uid)?;
+            let now = now_ms();
+            let mut rec = Self::get_series(series, series_uid)?.unwrap_or(SeriesRecord {
                 study_uid: study_uid.to_string(),
                 series_uid: series_uid.to_string(),
-                sop_instance_uid: sop_instance_uid.to_string(),
-                reply,
-            };
-            if recorder.send(req).is_ok() {
-                return answer.recv().unwrap_or(Err(QueueError::Closed));
+                state: SeriesState::Receiving,
+                instances: 0,
+                last_instance_ms: now,
+                generation: 0,
+                version: 0,
+                scoring_attempts: 0,
+                reason: None,
+                results: Vec::new(),
+                agatston_total: None,
+                updated_ms: now,
+                delivered_ms: None,
+            });
+            rec.instances += 1;
+            rec.last_instance_ms = now;
+            rec.generation += 1;
+            if rec.state != SeriesState::Receiving {
+                rec.state = SeriesState::Receiving;
+                rec.reason = None;
+                rec.delivered_ms = None;
             }
-        }
-        record_instances(&self.db, &[[study_uid, series_uid, sop_instance_uid]]).map(|v| v[0])
+            Self::put_series(series, &mut rec)?;
+            Ok(Recorded::New)
+        })
     }
 
     /// Whether this SOP Instance UID is already stored.
@@ -799,9 +697,9 @@ mod tests {
         (dir, q)
     }
 
-    /// Eight threads recording at once (as eight associations do) share commits; each SOP
-    /// Instance UID is New exactly once even when two threads send it at the same time, the
-    /// series counts are exact, and everything is there after a reopen.
+    /// Eight threads recording at once (as eight associations do): each SOP Instance UID is
+    /// New exactly once even when two threads send it at the same time, the series counts are
+    /// exact, and everything is there after a reopen.
     #[test]
     fn concurrent_instance_records_are_each_counted_once() {
         let (dir, q) = q();
