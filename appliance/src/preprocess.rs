@@ -726,11 +726,9 @@ mod tests {
         assert!(fine_to_native_mask(&bad, &grid, &vol).is_err());
     }
 
-    #[test]
-    fn calcium_probability_is_interpolated_at_labelled_voxels_only() {
-        // Background probability rises linearly along fine x (0 at x = 0, 1 at the last
-        // column); trilinear interpolation of a ramp is exact, so every labelled native voxel
-        // must get 1 − ramp at its fine position, clamped at the crop's edge.
+    /// A 20×40×40 volume of 300 HU and a 6×10×10 fine crop at its centre (for the
+    /// calcium-probability tests).
+    fn probability_fixture() -> (Volume, FineGrid) {
         let vol = volume(
             Array3::from_elem((20, 40, 40), 300i16),
             [1.0, 0.5, 0.5],
@@ -738,6 +736,15 @@ mod tests {
         );
         let s = spec([2.0, 1.0, 1.0], [6, 10, 10], 4);
         let grid = ModelGrid::at_patient(&vol, &s, vol.geometry.index_to_patient(9.5, 19.5, 19.5));
+        (vol, grid)
+    }
+
+    #[test]
+    fn calcium_probability_is_interpolated_at_labelled_voxels_only() {
+        // Background probability rises linearly along fine x (0 at x = 0, 1 at the last
+        // column); trilinear interpolation of a ramp is exact, so every labelled native voxel
+        // must get 1 − ramp at its fine position, clamped at the crop's edge.
+        let (_, grid) = probability_fixture();
         let (d, h, w) = (6, 10, 10);
         let mut data = vec![0f32; 2 * d * h * w];
         for z in 0..d {
@@ -784,23 +791,16 @@ mod tests {
     fn calcium_probability_leaves_out_the_non_coronary_class() {
         // Six classes, constant over the crop: background 0.2, LM 0.1, LAD 0.3, LCX 0.05,
         // RCA 0.05, non-coronary 0.3 — coronary calcium is 0.5, not 1 − background = 0.8.
-        let vol = volume(
-            Array3::from_elem((20, 40, 40), 300i16),
-            [1.0, 0.5, 0.5],
-            [0.0; 3],
-        );
-        let s = spec([2.0, 1.0, 1.0], [6, 10, 10], 4);
-        let grid = ModelGrid::at_patient(&vol, &s, vol.geometry.index_to_patient(9.5, 19.5, 19.5));
-        let plane = 6 * 10 * 10;
-        let class_p = [0.2f32, 0.1, 0.3, 0.05, 0.05, 0.3];
-        let data = class_p
-            .iter()
-            .flat_map(|&p| std::iter::repeat_n(p, plane))
-            .collect();
-        let probs = Tensor {
+        let (vol, grid) = probability_fixture();
+        // Each class's probability constant over the 6×10×10 crop.
+        let constant = |class_p: [f32; 6]| Tensor {
             shape: vec![1, 6, 6, 10, 10],
-            data,
+            data: class_p
+                .iter()
+                .flat_map(|&p| std::iter::repeat_n(p, 6 * 10 * 10))
+                .collect(),
         };
+        let probs = constant([0.2, 0.1, 0.3, 0.05, 0.05, 0.3]);
         let mut mask = Array3::<u8>::zeros((20, 40, 40));
         mask[[9, 19, 19]] = 2;
         mask[[10, 22, 17]] = 1;
@@ -814,14 +814,7 @@ mod tests {
         }
         // The native mask itself still names class 5 where it wins; `Segmenter::segment`
         // maps it to background.
-        let data = [0.1f32, 0.1, 0.1, 0.1, 0.1, 0.5]
-            .iter()
-            .flat_map(|&p| std::iter::repeat_n(p, plane))
-            .collect();
-        let probs = Tensor {
-            shape: vec![1, 6, 6, 10, 10],
-            data,
-        };
+        let probs = constant([0.1, 0.1, 0.1, 0.1, 0.1, 0.5]);
         let m = fine_to_native_mask(&probs, &grid, &vol).expect("shapes match");
         assert_eq!(m[[9, 19, 19]], 5);
     }
