@@ -3,6 +3,8 @@
 //! * `one_phantom_per_burden_scores_in_the_true_category` — the acceptance check run by
 //!   `cargo test`: four held-out phantoms (seeds outside training and the benchmark).
 //! * `int8_stays_close_to_fp32` — both precisions on one phantom; totals within a stated bound.
+//! * `six_class_network_scores_vessels_only` — the six-class fixture network (`models/six-class/`)
+//!   through the same path: no non-coronary label in the mask, the four categories right.
 //! * `heldout_accuracy` (ignored; `cargo test --release -p cacd --test infer -- --ignored
 //!   --nocapture`) — the quick accuracy report on `CACD_EVAL_SEEDS` (default 90000..90012)
 //!   used while training; prints category agreement, relative errors and false positives.
@@ -178,4 +180,45 @@ fn gpu_preprocessing_gives_the_cpu_mask_or_falls_back_to_the_cpu() {
     let b = gpu.segment(&ph.volume).expect("heart found");
     assert_eq!(a.heart.centre_mm, b.heart.centre_mm);
     assert!(a.mask == b.mask, "GPU and CPU masks differ");
+}
+
+/// A six-class calcium network (background, four vessels, non-coronary; `models/six-class/`,
+/// trained by models/training/README.md "A six-class segmenter", not the shipped one) through
+/// the same path: the engine accepts its labels, the mask never carries the non-coronary
+/// label, and on the four held-out phantoms of the acceptance test it gets the categories.
+#[test]
+fn six_class_network_scores_vessels_only() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/six-class");
+    let seg = Segmenter::load(&dir, "int8", EngineKind::Tract, &EngineOptions::default())
+        .expect("six-class models load and verify");
+    assert_eq!(seg.calcium_entry().labels.len(), 6);
+    for (i, burden) in [Burden::None, Burden::Low, Burden::Moderate, Burden::High]
+        .into_iter()
+        .enumerate()
+    {
+        let ph = phantom::generate(&PhantomSpec::new(95_000 + i as u64, burden));
+        let s = seg.segment(&ph.volume).expect("heart found");
+        let labels: std::collections::BTreeSet<u8> = s.mask.iter().copied().collect();
+        assert!(
+            labels.iter().all(|&l| l <= 4),
+            "{burden:?}: mask labels {labels:?}"
+        );
+        assert!(s.calcium_prob.values().all(|p| (0.0..=1.0).contains(p)));
+        let sc = score::score(
+            ph.volume.hu.view(),
+            s.mask.view(),
+            ph.volume.geometry.spacing,
+        );
+        eprintln!(
+            "{burden:?}: truth {:.1}, six-class {:.1}",
+            ph.truth.agatston_total, sc.agatston_total
+        );
+        assert_eq!(
+            risk_category(sc.agatston_total),
+            risk_category(ph.truth.agatston_total),
+            "{burden:?}: {:.1} vs truth {:.1}",
+            sc.agatston_total,
+            ph.truth.agatston_total
+        );
+    }
 }
