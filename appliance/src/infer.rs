@@ -29,6 +29,9 @@ pub const CALCIUM_LABELS: [&str; 5] = ["background", "LM", "LAD", "LCX", "RCA"];
 /// the class to background and the calcium probability leaves it out.
 pub const NON_CORONARY_LABEL: &str = "non-coronary";
 
+/// Output channel (and training label) of [`NON_CORONARY_LABEL`]: right after the vessels.
+pub const NON_CORONARY_CLASS: u8 = CALCIUM_LABELS.len() as u8;
+
 /// Whether `labels` is what a calcium model may output: [`CALCIUM_LABELS`], optionally followed
 /// by [`NON_CORONARY_LABEL`].
 pub fn calcium_labels_supported(labels: &[String]) -> bool {
@@ -276,14 +279,12 @@ impl Segmenter {
             grid,
         } = self.segment_raw(vol)?;
         let t = Instant::now();
-        // A six-class model's non-coronary label (5) is not calcium to score.
-        seg.mask.mapv_inplace(|l| {
-            if usize::from(l) < CALCIUM_LABELS.len() {
-                l
-            } else {
-                0
-            }
-        });
+        // A six-class model's non-coronary label is not calcium to score (a five-class model
+        // has none: no pass over the whole mask for it).
+        if self.calcium_entry.labels.len() > usize::from(NON_CORONARY_CLASS) {
+            seg.mask
+                .mapv_inplace(|l| if l < NON_CORONARY_CLASS { l } else { 0 });
+        }
         refine::drop_fragments(vol.hu.view(), seg.mask.view_mut());
         seg.calcium_prob = preprocess::calcium_prob_at_labels(&probs, &grid, seg.mask.view())?;
         seg.noise_hu = refine::noise_sigma(vol.hu.view());

@@ -501,8 +501,10 @@ pub fn calcium_prob_at_labels(
 ) -> Result<HashMap<[usize; 3], f32>, PreprocessError> {
     let k = check_probs(probs, grid)?;
     let [d, h, w] = grid.spec.shape;
-    // Channels that are not coronary calcium: background, and class 5 when the model has it.
-    let not_coronary: &[usize] = if k > 5 { &[0, 5] } else { &[0] };
+    // Channels that are not coronary calcium: background, and non-coronary when the model
+    // has it.
+    let nc = usize::from(crate::infer::NON_CORONARY_CLASS);
+    let not_coronary = if k > nc { vec![0, nc] } else { vec![0] };
     let mut out = HashMap::new();
     for ((z, y, x), &label) in mask.indexed_iter() {
         if label == 0 {

@@ -32,7 +32,7 @@ pub const BENCHMARK_SEEDS_FROM: u64 = 100_000;
 /// `fine_y` label of non-coronary calcification (the phantom's distractors) when
 /// [`TrainDataOptions::non_coronary_class`] is set: a class of its own, so the segmenter is
 /// taught what an ostial aortic-wall plaque is instead of only that it is not a vessel.
-pub const NON_CORONARY_CLASS: u8 = 5;
+pub use crate::infer::NON_CORONARY_CLASS;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainDataError {
