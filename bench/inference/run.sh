@@ -5,6 +5,10 @@
 # onnx2torch), all on the same CPU with the same thread count. Median of RUNS runs after one
 # warm-up. Target (issue 8): cacd's best engine >= 2x PyTorch.
 #
+# PyTorch also runs the graph as torch.onnx exported it, before models/training/graph.py
+# rewrote its Softmax and Resize (from git, commit 9a48213, the same weights), so the
+# comparison shows whether the rewrite slowed the peer; ratios are to the faster PyTorch.
+#
 #   bench/inference/run.sh            (THREADS=2 RUNS=5 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,13 +28,17 @@ for engine in tract ort; do
     echo "cacd $engine/$prec: $line"
   done
 done
-torch_line=$(python3 - "$THREADS" "$RUNS" <<'PY'
+EXPORTED=$(mktemp --suffix=.onnx)
+trap 'rm -f "$EXPORTED"' EXIT
+git show 9a48213:models/calcium_fp32.onnx > "$EXPORTED"
+torch_run() {
+python3 - "$THREADS" "$RUNS" "$1" <<'PY'
 import sys, time, statistics
 import numpy as np, onnx, torch
 from onnx2torch import convert
 threads, runs = int(sys.argv[1]), int(sys.argv[2])
 torch.set_num_threads(threads)
-net = convert(onnx.load("models/calcium_fp32.onnx")).eval()
+net = convert(onnx.load(sys.argv[3])).eval()
 n = 4 * 64 * 192 * 192
 # The probe's deterministic input pattern.
 i = np.arange(n, dtype=np.uint64)
@@ -44,12 +52,20 @@ with torch.inference_mode():
 ms.sort()
 print(f"timed runs: {runs}, median {ms[runs // 2]:.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms (torch {torch.__version__})")
 PY
-)
-torch_med=$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$torch_line")
+}
+# cacd's ONNX Runtime on the graph as exported, for the before/after of the rewrite.
+line=$("$PROBE" "$EXPORTED" 4 64 192 192 --engine ort --threads "$THREADS" --runs "$RUNS" | grep 'timed runs')
+ort_exported=$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$line")
+echo "cacd ort/fp32, graph as exported: $line"
+torch_line=$(torch_run models/calcium_fp32.onnx)
+torch_exported_line=$(torch_run "$EXPORTED")
 echo "pytorch eager/fp32: $torch_line"
+echo "pytorch eager/fp32, graph as exported: $torch_exported_line"
+torch_med=$(python3 -c "print(min($(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$torch_line"), $(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$torch_exported_line")))")
 echo
 printf '%-22s %12s %14s\n' engine "median ms" "vs PyTorch"
 for k in tract/fp32 tract/int8 ort/fp32 ort/int8; do
   printf '%-22s %12s %13.2fx\n' "cacd $k" "${med[$k]}" "$(python3 -c "print($torch_med / ${med[$k]})")"
 done
+printf '%-22s %12s %13.2fx\n' "cacd ort/fp32 exported" "$ort_exported" "$(python3 -c "print($torch_med / $ort_exported)")"
 printf '%-22s %12s %13.2fx\n' "pytorch eager/fp32" "$torch_med" 1

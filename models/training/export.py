@@ -6,6 +6,8 @@
   output "output" = softmax probabilities.
 * int8: onnxruntime.quantization.quantize_static, QuantFormat.QDQ, static calibration on
   training crops (weights per-tensor int8 symmetric, activations uint8), the same I/O.
+* both: Softmax and nearest Resize rewritten by graph.py into operators every engine runs
+  fast (same function; ONNX Runtime's CPU kernels for those two were most of its time).
 * manifest.toml: one entry per file with its sha256 and the grid it expects (copied from
   DATA/grids.json, which the Rust preprocessing wrote), plus how it was trained.
 """
@@ -22,6 +24,7 @@ import torch
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+import graph
 from nets import CalciumNet, HeartNet, WithSoftmax
 
 NAMES = {"heart": "cacd-heart-locator", "calcium": "cacd-calcium-segmenter"}
@@ -132,6 +135,9 @@ def main():
         export_fp32(net, shape, fp32)
         int8 = models / f"{role}_int8.onnx"
         export_int8(fp32, int8, [np.load(d / xname) for d in calib_dirs])
+        # Last, on both files: Softmax and Resize as operators engines run fast (graph.py).
+        for f in (fp32, int8):
+            graph.rewrite_file(f, f)
         n_train, n_val = len(train_seeds), len(metrics["val_seeds"])
         if role == "heart":
             score = f"validation Dice {metrics['heart_dice']:.3f}"
