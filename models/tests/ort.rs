@@ -7,13 +7,11 @@ mod common;
 
 use std::path::PathBuf;
 
-use cacd_models::{load_engine, Engine, EngineKind, EngineOptions, ModelError};
+use cacd_models::{load_engine, Engine, EngineKind, EngineOptions, ModelError, Tensor};
 use common::*;
 
 /// tract vs ORT, fp32: both f32 with different summation orders (measured ~1e-7).
 const FP32_BOUND: f32 = 1e-4;
-/// tract vs ORT, int8 Q/DQ: see `INT8_BOUND` in tract.rs.
-const INT8_BOUND: f32 = 5e-3;
 
 fn ort_library() -> Option<PathBuf> {
     match std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
@@ -39,8 +37,8 @@ fn engines(variant: &str, precision: &str, lib: PathBuf) -> (Box<dyn Engine>, Bo
     (ort, tract)
 }
 
-fn agree(variant: &str, precision: &str, bound: f32) {
-    let Some(lib) = ort_library() else { return };
+fn run_both(variant: &str, precision: &str) -> Option<(Tensor, Tensor)> {
+    let lib = ort_library()?;
     let (ort, tract) = engines(variant, precision, lib);
     assert_eq!(ort.engine_name(), "ort-cpu");
     let (entry, _) = fixture_entry(variant, precision);
@@ -50,39 +48,78 @@ fn agree(variant: &str, precision: &str, bound: f32) {
     assert_eq!(a.shape, vec![1, 5, 16, 32, 32]);
     assert_eq!(a.shape, b.shape);
     assert!(softmax_sum_error(&a) < 1e-5);
+    Some((a, b))
+}
+
+fn agree_fp32(variant: &str) {
+    let Some((a, b)) = run_both(variant, "fp32") else {
+        return;
+    };
     let diff = max_diff(&a.data, &b.data);
-    println!("{variant} {precision}: ORT vs tract max abs diff {diff:.2e}");
+    println!("{variant} fp32: ORT vs tract max abs diff {diff:.2e}");
     assert!(
-        diff < bound,
-        "{variant} {precision}: ORT and tract differ by {diff}"
+        diff < FP32_BOUND,
+        "{variant} fp32: ORT and tract differ by {diff}"
     );
     // The Rust ORT engine gives what the Python ORT gave when the fixtures were made.
+    let (entry, _) = fixture_entry(variant, "fp32");
     let (stride, reference) = reference(&entry.file);
     let d = max_diff_sampled(&a.data, stride, &reference);
     assert!(
         d < 1e-5,
-        "{variant} {precision}: ORT differs from reference.json by {d}"
+        "{variant} fp32: ORT differs from reference.json by {d}"
+    );
+}
+
+/// int8 Q/DQ: ONNX Runtime runs the quantised convolutions in integer kernels chosen by CPU,
+/// and they do not all agree. On the CPU that wrote reference.json (Intel, AVX-512) ORT and
+/// tract met to ~1e-7; on an AMD EPYC with AVX2 only, ORT's results moved by up to 5e-3 from
+/// reference.json and 9e-3 from tract on 90 % of the outputs (AVX2's u8×s8 multiply-add
+/// saturates 16-bit pair sums, which ONNX Runtime documents for U8S8 models). So the check
+/// is relative: ORT int8 must be nearer tract int8 than either is to fp32 — an engine that
+/// skipped the Q/DQ would be at the fp32 distance — and a valid distribution.
+fn agree_int8(variant: &str) {
+    let Some((a, b)) = run_both(variant, "int8") else {
+        return;
+    };
+    let Some((fp32, _)) = run_both(variant, "fp32") else {
+        return;
+    };
+    let engines = mean_diff(&a.data, &b.data);
+    let quantisation = mean_diff(&b.data, &fp32.data);
+    println!(
+        "{variant} int8: ORT vs tract mean |diff| {engines:.2e} (max {:.2e}); tract int8 vs fp32 \
+         mean {quantisation:.2e}",
+        max_diff(&a.data, &b.data)
+    );
+    assert!(
+        quantisation > 5e-4,
+        "{variant}: int8 and fp32 fixtures nearly equal"
+    );
+    assert!(
+        engines < 0.6 * quantisation,
+        "{variant} int8: ORT vs tract {engines:.2e} is not clearly under int8 vs fp32 {quantisation:.2e}"
     );
 }
 
 #[test]
 fn fp32_resize_agrees_with_tract() {
-    agree("resize", "fp32", FP32_BOUND);
+    agree_fp32("resize");
 }
 
 #[test]
 fn fp32_convtranspose_agrees_with_tract() {
-    agree("convt", "fp32", FP32_BOUND);
+    agree_fp32("convt");
 }
 
 #[test]
 fn int8_resize_agrees_with_tract() {
-    agree("resize", "int8", INT8_BOUND);
+    agree_int8("resize");
 }
 
 #[test]
 fn int8_convtranspose_agrees_with_tract() {
-    agree("convt", "int8", INT8_BOUND);
+    agree_int8("convt");
 }
 
 #[test]

@@ -69,6 +69,13 @@ pub fn max_diff_sampled(out: &[f32], stride: usize, reference: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Mean |a - b| over two whole outputs.
+pub fn mean_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "output lengths differ");
+    let sum: f64 = a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).sum();
+    (sum / a.len() as f64) as f32
+}
+
 /// Largest |a - b| over two whole outputs.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "output lengths differ");
