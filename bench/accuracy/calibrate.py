@@ -30,8 +30,8 @@ import tomllib
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from run import BURDENS, THICKNESSES, median, run, spearman  # noqa: E402
 
-CONFIDENCES = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9]
-CONTRASTS = [0.0, 3.0, 4.0, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0]
+CONFIDENCES = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+CONTRASTS = [0.0, 3.0, 4.0, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0, 9.0, 10.0, 12.0]
 KEYS = ("min_lesion_confidence", "min_lesion_contrast_sigma")
 
 
@@ -89,39 +89,42 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--per-burden", type=int, default=15)
     ap.add_argument("--seed-base", type=int, default=90000)
+    ap.add_argument("--sets", help="several phantom sets at once: SEED_BASE:PER_BURDEN,... "
+                    "(e.g. 90000:30,91000:60); replaces --seed-base and --per-burden")
     ap.add_argument("--cacd", default="target/release/cacd")
     ap.add_argument("--engine", default="onnxruntime")
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--models", default="models", help="model folder to calibrate")
     ap.add_argument("--keep", help="keep phantoms and results here (and reuse them)")
     args = ap.parse_args()
-    if args.seed_base >= 100000:
-        sys.exit("seeds >= 100000 are the benchmark's; calibrate on 90000+")
+    sets = ([tuple(int(v) for v in part.split(":")) for part in args.sets.split(",")] if args.sets
+            else [(args.seed_base, args.per_burden)])
+    if any(base + 4 * n > 100000 for base, n in sets):
+        sys.exit("seeds >= 100001 are the benchmark's; calibrate on 90000+")
 
     work = args.keep or tempfile.mkdtemp(prefix="cacd-calibrate-")
     os.makedirs(work, exist_ok=True)
-    model_dir = os.path.join(work, "models-no-rules")
+    # One folder per calibrated model, so runs for two models can share --keep at once.
+    model_dir = os.path.join(work, "models-no-rules-" + os.path.basename(os.path.abspath(args.models)))
     shutil.rmtree(model_dir, ignore_errors=True)
     models_without_rules(args.models, model_dir)
     tag = calcium_sha(model_dir, args.precision)[:12]
 
     studies = []
-    seed = args.seed_base
-    for burden in BURDENS:
-        for i in range(args.per_burden):
-            seed += 1
-            d = os.path.join(work, f"{burden}-{seed}")
-            # Phantoms are reused across runs; results are kept per model (its calcium sha256).
-            out = os.path.join(d, f"out-{args.engine}-{args.precision}-{tag}")
-            if not os.path.exists(os.path.join(d, "dicom", "truth.json")):
-                run([args.cacd, "phantom", "--out", os.path.join(d, "dicom"), "--seed", str(seed),
-                     "--burden", burden, "--thickness", str(THICKNESSES[i % len(THICKNESSES)])])
-            if not os.path.exists(os.path.join(out, "result.json")):
-                run([args.cacd, "score", os.path.join(d, "dicom"), "--out", out, "--engine", args.engine,
-                     "--precision", args.precision, "--model-dir", model_dir])
-            studies.append((json.load(open(os.path.join(d, "dicom", "truth.json"))),
-                            json.load(open(os.path.join(out, "result.json")))))
-            print(f"seed {seed}: scored", flush=True)
+    for seed, burden, i in ((base + b * per + i + 1, burden, i) for base, per in sets
+                            for b, burden in enumerate(BURDENS) for i in range(per)):
+        d = os.path.join(work, f"{burden}-{seed}")
+        # Phantoms are reused across runs; results are kept per model (its calcium sha256).
+        out = os.path.join(d, f"out-{args.engine}-{args.precision}-{tag}")
+        if not os.path.exists(os.path.join(d, "dicom", "truth.json")):
+            run([args.cacd, "phantom", "--out", os.path.join(d, "dicom"), "--seed", str(seed),
+                 "--burden", burden, "--thickness", str(THICKNESSES[i % len(THICKNESSES)])])
+        if not os.path.exists(os.path.join(out, "result.json")):
+            run([args.cacd, "score", os.path.join(d, "dicom"), "--out", out, "--engine", args.engine,
+                 "--precision", args.precision, "--model-dir", model_dir])
+        studies.append((json.load(open(os.path.join(d, "dicom", "truth.json"))),
+                        json.load(open(os.path.join(out, "result.json")))))
+        print(f"seed {seed}: scored", flush=True)
 
     grid = {(c, s): replay(studies, c, s) for c in CONFIDENCES for s in CONTRASTS}
 
@@ -131,7 +134,8 @@ def main():
                  for b in range(max(0, si - 1), min(len(CONTRASTS), si + 2))]
         return sum(cells) / len(cells)
 
-    print(f"\n{len(studies)} phantoms (seeds {args.seed_base + 1}..{seed}), {args.engine} {args.precision}")
+    ranges = ", ".join(f"{base + 1}..{base + 4 * per}" for base, per in sets)
+    print(f"\n{len(studies)} phantoms (seeds {ranges}), {args.engine} {args.precision}")
     print("category agreement (%) by min_lesion_confidence (rows) and min_lesion_contrast_sigma (columns)")
     print("conf \\ sigma " + "".join(f"{s:>7.1f}" for s in CONTRASTS))
     for c in CONFIDENCES:
