@@ -268,8 +268,17 @@ fn quality_of(volume: &Volume, noise_hu: Option<f64>, rules: &refine::Rules) -> 
         ));
     }
     if let Some(sigma) = noise_hu.filter(|s| *s > HIGH_NOISE_HU && rules.min_contrast_sigma > 0.0) {
+        let large = if rules.min_contrast_sigma_large > 0.0 {
+            format!(
+                " ({:.0} HU from {:.1} mm²)",
+                rules.min_contrast_sigma_large * sigma,
+                rules.large_area_mm2
+            )
+        } else {
+            String::new()
+        };
         warnings.push(format!(
-            "image noise σ {sigma:.0} HU: calcifications peaking less than {:.0} HU above their surroundings are not counted",
+            "image noise σ {sigma:.0} HU: calcifications peaking less than {:.0} HU{large} above their surroundings are not counted",
             rules.min_contrast_sigma * sigma
         ));
     }

@@ -25,6 +25,10 @@ pub struct Rules {
     pub min_confidence: f64,
     /// Least (peak − median of the surrounding ring) in units of the study's noise σ.
     pub min_contrast_sigma: f64,
+    /// The same for lesions of at least [`Rules::large_area_mm2`] (0: no second tier).
+    pub min_contrast_sigma_large: f64,
+    /// Area (mm²) from which a lesion is held to `min_contrast_sigma_large`.
+    pub large_area_mm2: f64,
 }
 
 impl Rules {
@@ -33,6 +37,19 @@ impl Rules {
         Rules {
             min_confidence: e.min_lesion_confidence.unwrap_or(0.0),
             min_contrast_sigma: e.min_lesion_contrast_sigma.unwrap_or(0.0),
+            min_contrast_sigma_large: e.min_lesion_contrast_sigma_large.unwrap_or(0.0),
+            large_area_mm2: e.large_lesion_area_mm2.unwrap_or(0.0),
+        }
+    }
+
+    /// The contrast threshold (σ) a lesion of `area_mm2` must reach. Why two tiers: noise that
+    /// passes 130 HU comes in blobs of 2–4 pixels, while a faint true plaque covers more of
+    /// its slice, so a larger lesion is believed at a lower contrast.
+    pub fn contrast_sigma_for(&self, area_mm2: f64) -> f64 {
+        if self.min_contrast_sigma_large > 0.0 && area_mm2 >= self.large_area_mm2 {
+            self.min_contrast_sigma_large
+        } else {
+            self.min_contrast_sigma
         }
     }
 }
@@ -172,8 +189,8 @@ pub fn lesion_contrast(slice: ArrayView2<i16>, pixels: &[(u32, u32)], peak_hu: i
 
 /// Drops (unlabels) every lesion of `mask` that fails a rule: mean `confidence` below
 /// `rules.min_confidence`, or contrast ([`lesion_contrast`]) below
-/// `rules.min_contrast_sigma × noise` (skipped when the noise is unknown). Returns how many
-/// lesions were dropped.
+/// [`Rules::contrast_sigma_for`] its area × noise (skipped when the noise is unknown). Returns
+/// how many lesions were dropped.
 pub fn drop_faint_lesions(
     hu: ArrayView3<i16>,
     spacing: [f64; 3],
@@ -182,7 +199,8 @@ pub fn drop_faint_lesions(
     noise: Option<f64>,
     rules: &Rules,
 ) -> usize {
-    if rules.min_confidence <= 0.0 && (rules.min_contrast_sigma <= 0.0 || noise.is_none()) {
+    let contrast_rule = rules.min_contrast_sigma > 0.0 || rules.min_contrast_sigma_large > 0.0;
+    if rules.min_confidence <= 0.0 && (!contrast_rule || noise.is_none()) {
         return 0;
     }
     let scores = score::score(hu, mask.view(), spacing);
@@ -190,10 +208,10 @@ pub fn drop_faint_lesions(
     for lesion in &scores.lesions {
         let unsure = confidence(lesion) < rules.min_confidence;
         let faint = match noise {
-            Some(sigma) if rules.min_contrast_sigma > 0.0 => {
+            Some(sigma) if contrast_rule => {
                 let slice = hu.index_axis(Axis(0), lesion.slice);
                 lesion_contrast(slice, &lesion.pixels, lesion.peak_hu)
-                    < rules.min_contrast_sigma * sigma
+                    < rules.contrast_sigma_for(lesion.area_mm2) * sigma
             }
             _ => false,
         };
@@ -304,6 +322,7 @@ mod tests {
         let rules = Rules {
             min_confidence: 0.7,
             min_contrast_sigma: 6.5,
+            ..Rules::default()
         };
 
         // σ 30: the blob (130 < 195) and the unsure lesion go, the plaque stays.
@@ -335,5 +354,48 @@ mod tests {
             0
         );
         assert_eq!(m, mask);
+    }
+
+    #[test]
+    fn a_large_faint_lesion_passes_the_lower_tier_a_small_one_does_not() {
+        let spacing = [3.0, 0.7, 0.7];
+        let mut hu = Array3::<i16>::from_elem((1, 40, 40), 40);
+        let mut mask = Array3::<u8>::zeros((1, 40, 40));
+        // Both 180 HU in 40 HU blood: contrast 140 = 4.7 σ at σ 30.
+        // Small: 3 pixels (1.5 mm²). Large: 3×3 pixels (4.4 mm²).
+        for x in 5..8 {
+            hu[[0, 5, x]] = 180;
+            mask[[0, 5, x]] = 4;
+        }
+        hu.slice_mut(ndarray::s![0, 20..23, 20..23]).fill(180);
+        mask.slice_mut(ndarray::s![0, 20..23, 20..23]).fill(2);
+        let sure = |_: &Lesion| 0.99;
+        let one_tier = Rules {
+            min_confidence: 0.0,
+            min_contrast_sigma: 6.5,
+            ..Rules::default()
+        };
+        let two_tiers = Rules {
+            min_contrast_sigma_large: 4.5,
+            large_area_mm2: 3.0,
+            ..one_tier
+        };
+        assert_eq!(two_tiers.contrast_sigma_for(1.47), 6.5);
+        assert_eq!(two_tiers.contrast_sigma_for(3.0), 4.5);
+        assert_eq!(one_tier.contrast_sigma_for(10.0), 6.5);
+
+        let mut m = mask.clone();
+        assert_eq!(
+            drop_faint_lesions(hu.view(), spacing, &mut m, sure, Some(30.0), &one_tier),
+            2
+        );
+        let mut m = mask.clone();
+        assert_eq!(
+            drop_faint_lesions(hu.view(), spacing, &mut m, sure, Some(30.0), &two_tiers),
+            1
+        );
+        let kept = score::score(hu.view(), m.view(), spacing);
+        assert_eq!(kept.lesions.len(), 1);
+        assert_eq!(kept.lesions[0].vessel, score::Vessel::LAD);
     }
 }

@@ -32,7 +32,7 @@ from run import BURDENS, THICKNESSES, median, run, spearman  # noqa: E402
 
 CONFIDENCES = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 CONTRASTS = [0.0, 3.0, 4.0, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0, 9.0, 10.0, 12.0]
-KEYS = ("min_lesion_confidence", "min_lesion_contrast_sigma")
+KEYS = ("min_lesion_confidence", "min_lesion_contrast_sigma", "large_lesion_area_mm2")
 
 
 def category(total):
@@ -64,7 +64,13 @@ def calcium_sha(model_dir, precision):
     sys.exit(f"no calcium model at precision {precision} in {model_dir}")
 
 
-def replay(studies, min_conf, min_sigma):
+# The large-lesion tier (min_lesion_contrast_sigma_large for lesions of at least
+# large_lesion_area_mm2): searched around the chosen pair, see main().
+LARGE_SIGMAS = [4.0, 4.5, 5.0, 5.5, 6.0, 6.5]
+LARGE_AREAS = [1.5, 2.0, 3.0, 4.0, 6.0]
+
+
+def replay(studies, min_conf, min_sigma, large_sigma=0.0, large_area=0.0):
     truth, pred, agree, free_max = [], [], 0, 0.0
     for t, r in studies:
         noise = r["quality"].get("noise_hu")
@@ -72,7 +78,10 @@ def replay(studies, min_conf, min_sigma):
         for lesion in r["lesions"]:
             if lesion["confidence"] < min_conf:
                 continue
-            if noise is not None and lesion["contrast_hu"] < min_sigma * noise:
+            sigma = min_sigma
+            if large_sigma > 0 and lesion["area_mm2"] >= large_area:
+                sigma = large_sigma
+            if noise is not None and lesion["contrast_hu"] < sigma * noise:
                 continue
             total += lesion["agatston"]
         truth.append(t["agatston_total"])
@@ -96,6 +105,8 @@ def main():
     ap.add_argument("--precision", default="int8")
     ap.add_argument("--models", default="models", help="model folder to calibrate")
     ap.add_argument("--keep", help="keep phantoms and results here (and reuse them)")
+    ap.add_argument("--two-tier", action="store_true",
+                    help="also search a lower contrast threshold for lesions above an area")
     args = ap.parse_args()
     sets = ([tuple(int(v) for v in part.split(":")) for part in args.sets.split(",")] if args.sets
             else [(args.seed_base, args.per_burden)])
@@ -149,6 +160,36 @@ def main():
               f"error {100 * r['median_rel']:.1f} %, calcium-free max {r['free_max']:.1f}")
     print(f"manifest (calcium entries): min_lesion_confidence = {c}\n"
           f"                            min_lesion_contrast_sigma = {s}")
+
+    # Second tier: a lesion of at least `area` mm² needs only `low` σ. Faint true plaques are
+    # larger than the 2–4-pixel noise blobs the contrast rule is for. Searched over the
+    # confidence and small-lesion σ grid too (the tier shifts the best small-lesion σ), with
+    # the same smoothing over every neighbouring cell in all four dimensions.
+    if args.two_tier:
+        dims = [CONFIDENCES, CONTRASTS, LARGE_SIGMAS, LARGE_AREAS]
+        cells = {}
+        for k in ((a, b, x, y) for a in range(len(dims[0])) for b in range(len(dims[1]))
+                  for x in range(len(dims[2])) for y in range(len(dims[3]))):
+            conf, small, low, area = (d[i] for d, i in zip(dims, k))
+            if low >= small:
+                continue
+            cells[k] = replay(studies, conf, small, low, area)
+
+        def smoothed4(k):
+            near = [cells[n] for n in cells if all(abs(n[i] - k[i]) <= 1 for i in range(4))]
+            return sum(r["agreement"] for r in near) / len(near)
+
+        best4 = max(cells, key=lambda k: (round(smoothed4(k), 6), cells[k]["agreement"], cells[k]["spearman"]))
+        conf, small, low, area = (d[i] for d, i in zip(dims, best4))
+        r = cells[best4]
+        print(f"two tiers: confidence {conf}, contrast {small} sigma, {low} sigma from {area} mm2: agreement "
+              f"{100 * r['agreement']:.1f} % (smoothed {100 * smoothed4(best4):.1f} %), Spearman "
+              f"{r['spearman']:.4f}, median relative error {100 * r['median_rel']:.1f} %, calcium-free max "
+              f"{r['free_max']:.1f}")
+        print(f"manifest (calcium entries): min_lesion_confidence = {conf}\n"
+              f"                            min_lesion_contrast_sigma = {small}\n"
+              f"                            min_lesion_contrast_sigma_large = {low}\n"
+              f"                            large_lesion_area_mm2 = {area}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -71,6 +71,8 @@ fn main() -> anyhow::Result<()> {
         training: String::new(),
         min_lesion_confidence: None,
         min_lesion_contrast_sigma: None,
+        min_lesion_contrast_sigma_large: None,
+        large_lesion_area_mm2: None,
     };
     if let Some(k) = labels {
         entry.labels = (0..k).map(|i| format!("class{i}")).collect();

@@ -59,6 +59,16 @@ pub struct ModelEntry {
     /// 0 (off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_lesion_contrast_sigma: Option<f64>,
+    /// Calcium segmenter only: the contrast threshold (in σ) for lesions of at least
+    /// [`ModelEntry::large_lesion_area_mm2`], in place of `min_lesion_contrast_sigma`. Noise
+    /// blobs are 2–4 pixels; a faint true plaque is larger, so it may stand out less.
+    /// Absent = one threshold for every lesion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_lesion_contrast_sigma_large: Option<f64>,
+    /// Calcium segmenter only: the area (mm², on its slice) from which a lesion counts as
+    /// large for `min_lesion_contrast_sigma_large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub large_lesion_area_mm2: Option<f64>,
 }
 
 /// The roles the pipeline knows how to use.
@@ -199,12 +209,24 @@ impl ModelEntry {
                 return Err(format!("min_lesion_confidence {c} must be within 0..=1"));
             }
         }
-        if let Some(k) = self.min_lesion_contrast_sigma {
-            if !k.is_finite() || k < 0.0 {
-                return Err(format!(
-                    "min_lesion_contrast_sigma {k} must be finite and >= 0"
-                ));
+        for (name, value) in [
+            ("min_lesion_contrast_sigma", self.min_lesion_contrast_sigma),
+            (
+                "min_lesion_contrast_sigma_large",
+                self.min_lesion_contrast_sigma_large,
+            ),
+            ("large_lesion_area_mm2", self.large_lesion_area_mm2),
+        ] {
+            if let Some(k) = value {
+                if !k.is_finite() || k < 0.0 {
+                    return Err(format!("{name} {k} must be finite and >= 0"));
+                }
             }
+        }
+        if self.min_lesion_contrast_sigma_large.is_some() != self.large_lesion_area_mm2.is_some() {
+            return Err(
+                "min_lesion_contrast_sigma_large and large_lesion_area_mm2 go together".into(),
+            );
         }
         if self.spacing_mm.iter().any(|s| !s.is_finite() || *s <= 0.0) {
             return Err(format!(

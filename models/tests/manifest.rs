@@ -41,6 +41,8 @@ labels = ["background", "LM", "LAD", "LCX", "RCA"]
 training = "test"
 min_lesion_confidence = 0.7
 min_lesion_contrast_sigma = 6.5
+min_lesion_contrast_sigma_large = 4.5
+large_lesion_area_mm2 = 3.0
 "#;
 
 /// Parses GOOD with one `key = value` line of the `nth` model (0-based) replaced, and returns
@@ -144,6 +146,13 @@ fn validation_errors_name_the_model_and_the_problem() {
         (1, "min_lesion_confidence", "nan", "within 0..=1"),
         (1, "min_lesion_contrast_sigma", "-1.0", "finite and >= 0"),
         (1, "min_lesion_contrast_sigma", "inf", "finite and >= 0"),
+        (
+            1,
+            "min_lesion_contrast_sigma_large",
+            "-2.0",
+            "finite and >= 0",
+        ),
+        (1, "large_lesion_area_mm2", "nan", "finite and >= 0"),
     ];
     for (nth, key, value, want) in cases {
         let err = error_with(*nth, key, value);
@@ -166,6 +175,8 @@ fn structural_errors_are_clear() {
     assert!(err("model = []").contains("lists no [[model]] entries"));
     assert!(err("[[model]]\nname = \"x\"\n").contains("missing field"));
     assert!(err("[[model\n").contains("not a valid manifest"));
+    // The large-lesion tier needs both its threshold and its area.
+    assert!(err(&GOOD.replace("large_lesion_area_mm2 = 3.0\n", "")).contains("go together"));
     // Two models for the same role and precision would make `find` ambiguous.
     let twice = GOOD
         .replace("role = \"calcium\"", "role = \"heart\"")

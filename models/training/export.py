@@ -114,6 +114,10 @@ def main():
                     help="calcium model: refine threshold from bench/accuracy/calibrate.py (0: off)")
     ap.add_argument("--min-lesion-contrast-sigma", type=float, default=0.0,
                     help="calcium model: refine threshold from bench/accuracy/calibrate.py (0: off)")
+    ap.add_argument("--min-lesion-contrast-sigma-large", type=float, default=0.0,
+                    help="calcium model: the contrast threshold for large lesions (calibrate.py --two-tier; 0: off)")
+    ap.add_argument("--large-lesion-area-mm2", type=float, default=0.0,
+                    help="calcium model: area from which a lesion is large (calibrate.py --two-tier)")
     args = ap.parse_args()
     VERSION = args.version
     torch.set_num_threads(2)
@@ -155,6 +159,8 @@ def main():
             refine = None if role == "heart" else {
                 "min_lesion_confidence": args.min_lesion_confidence,
                 "min_lesion_contrast_sigma": args.min_lesion_contrast_sigma,
+                "min_lesion_contrast_sigma_large": args.min_lesion_contrast_sigma_large,
+                "large_lesion_area_mm2": args.large_lesion_area_mm2,
             }
             out.append(entry(role, precision, f, g, note, refine))
     header = "# Written by models/training/export.py; see models/training/README.md to reproduce.\n\n"
