@@ -7,7 +7,8 @@
 //! * [`drop_faint_lesions`] — low-dose noise: a few pixels just over 130 HU inside a vessel's
 //!   course (in its blood, ~40 HU), labelled as calcium. A lesion is kept only when its peak
 //!   stands out from its surroundings by [`Rules::min_contrast_sigma`] times the study's
-//!   noise ([`noise_sigma`]) and the segmenter's mean probability over it reaches
+//!   noise ([`noise_sigma`]) — [`Rules::min_contrast_sigma_large`] for lesions of at least
+//!   [`Rules::large_area_mm2`] — and the segmenter's mean probability over it reaches
 //!   [`Rules::min_confidence`].
 //!
 //! The thresholds were calibrated on held-out phantoms (seeds 90001–90120, never the
