@@ -32,6 +32,8 @@ from run import BURDENS, THICKNESSES, median, run, spearman  # noqa: E402
 
 CONFIDENCES = [0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
 CONTRASTS = [0.0, 3.0, 4.0, 5.0, 5.5, 6.0, 6.5, 7.0, 8.0, 9.0, 10.0, 12.0]
+# Manifest lines removed to score with the rules off (by prefix: the second also removes
+# min_lesion_contrast_sigma_large).
 KEYS = ("min_lesion_confidence", "min_lesion_contrast_sigma", "large_lesion_area_mm2")
 
 
@@ -65,7 +67,7 @@ def calcium_sha(model_dir, precision):
 
 
 # The large-lesion tier (min_lesion_contrast_sigma_large for lesions of at least
-# large_lesion_area_mm2): searched around the chosen pair, see main().
+# large_lesion_area_mm2): searched jointly with the two grids above by --two-tier, see main().
 LARGE_SIGMAS = [4.0, 4.5, 5.0, 5.5, 6.0, 6.5]
 LARGE_AREAS = [1.5, 2.0, 3.0, 4.0, 6.0]
 
