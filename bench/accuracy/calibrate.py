@@ -109,7 +109,11 @@ def main():
     ap.add_argument("--keep", help="keep phantoms and results here (and reuse them)")
     ap.add_argument("--two-tier", action="store_true",
                     help="also search a lower contrast threshold for lesions above an area")
+    ap.add_argument("--phantoms-only", action="store_true",
+                    help="only write the phantoms into --keep (e.g. niced, while the model trains)")
     args = ap.parse_args()
+    if args.phantoms_only and not args.keep:
+        sys.exit("--phantoms-only needs --keep")
     sets = ([tuple(int(v) for v in part.split(":")) for part in args.sets.split(",")] if args.sets
             else [(args.seed_base, args.per_burden)])
     if any(base + 4 * n > 100000 for base, n in sets):
@@ -132,12 +136,16 @@ def main():
         if not os.path.exists(os.path.join(d, "dicom", "truth.json")):
             run([args.cacd, "phantom", "--out", os.path.join(d, "dicom"), "--seed", str(seed),
                  "--burden", burden, "--thickness", str(THICKNESSES[i % len(THICKNESSES)])])
+        if args.phantoms_only:
+            continue
         if not os.path.exists(os.path.join(out, "result.json")):
             run([args.cacd, "score", os.path.join(d, "dicom"), "--out", out, "--engine", args.engine,
                  "--precision", args.precision, "--model-dir", model_dir])
         studies.append((json.load(open(os.path.join(d, "dicom", "truth.json"))),
                         json.load(open(os.path.join(out, "result.json")))))
         print(f"seed {seed}: scored", flush=True)
+    if args.phantoms_only:
+        return
 
     grid = {(c, s): replay(studies, c, s) for c in CONFIDENCES for s in CONTRASTS}
 

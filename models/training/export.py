@@ -101,6 +101,18 @@ def entry(role, precision, file, grid, training, refine=None):
     return "\n".join(lines) + "\n"
 
 
+def kept_entries(manifest, only):
+    """The manifest's [[model]] blocks of the roles not being exported, as text (so a calcium
+    network retrained alone ships beside the heart locator's files exactly as they were)."""
+    if not manifest.exists():
+        raise SystemExit(f"--only {only}: {manifest} must exist and hold the other network")
+    blocks = manifest.read_text().split("[[model]]\n")[1:]
+    kept = ["[[model]]\n" + b.rstrip("\n") + "\n" for b in blocks if f'role = "{only}"' not in b]
+    if not kept:
+        raise SystemExit(f"--only {only}: {manifest} has no other network to keep")
+    return kept
+
+
 def main():
     global VERSION
     ap = argparse.ArgumentParser()
@@ -110,6 +122,8 @@ def main():
     ap.add_argument("--version", default="1.0.0")
     ap.add_argument("--calib", type=int, default=8, help="crops used for int8 calibration")
     ap.add_argument("--training-note", default="")
+    ap.add_argument("--only", choices=["heart", "calcium"],
+                    help="export this network only; the other's files and manifest entries in --models stay as they are")
     ap.add_argument("--min-lesion-confidence", type=float, default=0.0,
                     help="calcium model: refine threshold from bench/accuracy/calibrate.py (0: off)")
     ap.add_argument("--min-lesion-contrast-sigma", type=float, default=0.0,
@@ -128,8 +142,10 @@ def main():
     # Calibration crops: training seeds only, spread over the range.
     calib_dirs = [data / f"s{s:05}" for s in train_seeds[:: max(1, len(train_seeds) // args.calib)][: args.calib]]
 
-    out = []
+    out = kept_entries(models / "manifest.toml", args.only) if args.only else []
     for role, net_cls, xname in [("heart", HeartNet, "coarse_x.npy"), ("calcium", CalciumNet, "fine_x.npy")]:
+        if args.only and role != args.only:
+            continue
         g = grids[role]
         # The calcium network has 5 classes, or 6 with the non-coronary class (grids.json says).
         net = net_cls() if role == "heart" else net_cls(len(g["labels"]))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from nets import CalciumNet, HeartNet
@@ -262,7 +263,16 @@ def load_init(net, init):
     net.load_state_dict(state)
 
 
-def train_calcium(train, val, out, steps, minutes, batch, size, init=None, lr=3e-3, classes=5):
+def freeze_batchnorm(net):
+    """BatchNorm layers in inference mode (running statistics used, not updated; scale and
+    shift still learn): for weights rebuilt by recover.py, whose BatchNorms are the identity
+    after folding, where batch statistics would change the function from the first step."""
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm3d):
+            m.eval()
+
+
+def train_calcium(train, val, out, steps, minutes, batch, size, init=None, lr=3e-3, classes=5, freeze_bn=False):
     seed_everything(2)
     t_load = time.time()
     ds = FineSet(train)
@@ -276,6 +286,8 @@ def train_calcium(train, val, out, steps, minutes, batch, size, init=None, lr=3e
     rng = np.random.default_rng(3 if init else 2)
     t0 = time.time()
     net.train()
+    if freeze_bn:
+        freeze_batchnorm(net)
     for step in range(steps):
         xb, yb = zip(*(ds.sample(rng, size) for _ in range(batch)))
         x = torch.from_numpy(np.stack(xb))
@@ -310,6 +322,8 @@ def main():
     ap.add_argument("--only", choices=["heart", "calcium"])
     ap.add_argument("--calcium-init", help="start the calcium net from these weights (fine-tuning)")
     ap.add_argument("--calcium-lr", type=float, default=3e-3)
+    ap.add_argument("--freeze-bn", action="store_true",
+                    help="keep BatchNorm in inference mode (weights from recover.py: BatchNorm folded into the convolutions)")
     ap.add_argument("--class-weights", type=float, nargs=5, default=CLASS_WEIGHTS)
     ap.add_argument("--non-coronary-weight", type=float, default=NON_CORONARY_WEIGHT[0], help="class weight of non-coronary (6-class data)")
     ap.add_argument("--nc-voxel-share", type=float, default=NC_VOXEL_SHARE[0],
@@ -333,7 +347,7 @@ def main():
     if args.only in (None, "heart"):
         metrics.update(train_heart(train, val, out, args.heart_steps, args.heart_minutes))
     if args.only in (None, "calcium"):
-        metrics.update(train_calcium(train, val, out, args.calcium_steps, args.calcium_minutes, args.batch, tuple(args.patch), args.calcium_init, args.calcium_lr, len(labels)))
+        metrics.update(train_calcium(train, val, out, args.calcium_steps, args.calcium_minutes, args.batch, tuple(args.patch), args.calcium_init, args.calcium_lr, len(labels), args.freeze_bn))
     metrics_path.write_text(json.dumps(metrics, indent=2))
 
 
