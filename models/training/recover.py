@@ -28,8 +28,9 @@ from nets import CalciumNet, HeartNet, WithSoftmax
 
 
 def fused_convs(model):
-    """(weight, bias) of every convolution but the head, in graph order: the exporter names
-    folded initializers onnx::Conv_<n> with n increasing along the graph."""
+    """(weight, bias) of every convolution but the head, in the order of the graph's nodes
+    (for these networks the order of `forward`, which is also their modules' order; `check`
+    catches any mismatch numerically)."""
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     convs = []
     for node in model.graph.node:
