@@ -71,12 +71,16 @@ step "cpu fallback without nvrtc" 30 env LD_LIBRARY_PATH=/usr/local/nvidia/lib64
 step "bench" 120 "$BIN/cacd-gpu-bench" --reps 20 --cpu-reps 2 --json "$RES/bench.json" --config-out "$RES/config.json"
 # The same on a phantom (bone and calcium cluster, as in a CT) with the crop on its heart.
 step "bench phantom" 90 "$BIN/cacd-gpu-bench" --reps 20 --cpu-reps 1 --phantom 424242 --json "$RES/bench-phantom.json"
+# The same two, each repetition queued behind an L2 flush and a spin kernel: the kernels'
+# device time alone (no host launch latency between the events), from a cold L2.
+step "bench queued" 90 "$BIN/cacd-gpu-bench" --reps 20 --cpu-reps 1 --timing queued --json "$RES/bench-queued.json"
+step "bench phantom queued" 90 "$BIN/cacd-gpu-bench" --reps 20 --cpu-reps 1 --phantom 424242 --timing queued --json "$RES/bench-phantom-queued.json"
 if [ -f "$RES/config.json" ]; then
   step "torch reference" 100 "$PY" bench/gpu/torch_ref.py --config "$RES/config.json" --json "$RES/torch.json"
 else
   step "torch reference" 100 "$PY" bench/gpu/torch_ref.py --json "$RES/torch.json"
 fi
-step "summary" 15 "$PY" - "$RES/bench.json" "$RES/torch.json" "$RES/bench-phantom.json" <<'PYEOF'
+step "summary" 15 "$PY" - "$RES/bench.json" "$RES/torch.json" "$RES/bench-phantom.json" "$RES/bench-queued.json" "$RES/bench-phantom-queued.json" <<'PYEOF'
 import json, sys
 def num(x):
     return float(x) if isinstance(x, (int, float)) else float("nan")  # null = failed measurement
@@ -102,11 +106,17 @@ def kernel_table(ours, what):
         flag = "" if compared else ("ok" if pct >= 60 else ("ok at size" if same is not None and num(same) >= 60 else "BELOW"))
         print(f"{k['name']:<34}{num(k['ms']):>9.4f}{num(k['bytes']) / 1e6:>7.1f}MB{pct:>6.0f}%{same_txt}   {flag}")
 kernel_table(ours, "synthetic volume")
-try:
-    print()
-    kernel_table(json.load(open(sys.argv[3])), "phantom volume")
-except Exception as e:
-    print(f"(no phantom results: {e})")
+for path, what in [(sys.argv[3], "phantom volume"),
+                   (sys.argv[4], "synthetic volume, queued timing (device time, cold L2)"),
+                   (sys.argv[5], "phantom volume, queued timing (device time, cold L2)")]:
+    try:
+        print()
+        r = json.load(open(path))
+        kernel_table(r, what)
+        if "late_queued_reps" in r:
+            print(f"(queued repetitions enqueued later than half the spin: {r['late_queued_reps']})")
+    except Exception as e:
+        print(f"(no {what} results: {e})")
 o = {key: num(v) for key, v in ours["ours_ms"].items()}
 t = {key: num(v) for key, v in torch_ms.items()}
 print(f"\n{'op':<16}{'cacd ms':>10}{'torch ms':>10}{'torch/cacd':>12}")
@@ -126,6 +136,24 @@ PYEOF
 
 # Last, so it never takes the kernels' time: whatever budget is left, at most 60 s.
 step "pipeline" 60 bash bench/gpu/pipeline.sh "$BIN/cacd" /tmp/cacd-gpu-pipeline "$RES/pipeline"
+
+# Nsight Compute on the product's gather kernels (phantom volume), where the machine has it and
+# lets us read the counters: throughput, occupancy and warp stall reasons, for the next tuning.
+NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)"
+if [ -n "$NCU" ]; then
+  # One launch of a kernel after SKIP launches of it, on the phantom volume.
+  NCU_ARGS=(--launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis
+    --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats)
+  BENCH_ARGS=("$BIN/cacd-gpu-bench" --reps 1 --cpu-reps 1 --phantom 424242 --timing queued)
+  # 4 launches per measurement (3 warm-ups, 1 rep), kernel sets in GatherKernels::ALL order:
+  # resample_input: Baseline coarse, Baseline fine, Mixed coarse; resample_input_x4: WarpChunks
+  # coarse, fine, WarpRows coarse, fine, Mixed fine; fine_to_native_rows: WarpRows, Mixed.
+  step "profile coarse" 40 "$NCU" --kernel-name resample_input --launch-skip 9 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
+  step "profile fine" 40 "$NCU" --kernel-name resample_input_x4 --launch-skip 17 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
+  step "profile mask" 40 "$NCU" --kernel-name fine_to_native_rows --launch-skip 5 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
+else
+  echo "(no Nsight Compute on this machine: no profile)"
+fi
 
 echo
 echo "=================================================================="

@@ -21,6 +21,8 @@ use cacd::volume::{Geometry, SeriesMeta, Volume};
 use cacd_models::Tensor;
 use clap::Parser;
 use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaFunction, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::compile_ptx;
 use serde_json::json;
 
 #[derive(Parser, Debug)]
@@ -49,6 +51,10 @@ struct Args {
     /// and calcium cluster there, where the synthetic volume scatters its bright voxels.
     #[arg(long)]
     phantom: Option<u64>,
+    /// How GPU work is timed: each call on an idle stream (`isolated`, host launch latency
+    /// included) or queued behind an L2 flush and a spin (`queued`: device time, cold L2).
+    #[arg(long, value_enum, default_value_t = Timing::Isolated)]
+    timing: Timing,
 }
 
 /// The grids of docs/ARCHITECTURE.md (what models/manifest.toml declares).
@@ -131,28 +137,125 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Median device time (ms, CUDA events) of `f`'s queued work over `reps` after 3 warm-ups.
-fn time_events(
-    g: &mut GpuPreprocessor,
-    reps: usize,
-    mut f: impl FnMut(&mut GpuPreprocessor) -> Result<()>,
-) -> Result<f64> {
-    for _ in 0..3 {
-        f(g)?;
+/// How a GPU measurement is timed (`--timing`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Timing {
+    /// Each repetition launched on an idle stream: event, the work, event. The host's launch
+    /// latency and any host work inside the call fall between the events, and the L2 may still
+    /// hold the previous repetition's data (the figures of the runs before 2026-11-28).
+    Isolated,
+    /// Each repetition queued behind an L2 flush (a read-only pass over 256 MB) and a spin
+    /// kernel, so event, work and event are all enqueued before the GPU reaches them: the
+    /// work's device time alone, from a cold L2 (nvbench's method). Calls whose enqueueing
+    /// took longer than the spin are counted and reported.
+    Queued,
+}
+
+/// Spin and L2-flush kernels for `Timing::Queued` (compiled here: they are the bench's).
+const TIMER_SOURCE: &str = r#"
+extern "C" __global__ void cacd_bench_spin(unsigned long long ns) {
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do { asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)); } while (t - t0 < ns);
+}
+// Reads every 16 bytes of `p` (replacing the L2's lines with clean ones: a memset would leave
+// dirty lines whose write-back lands inside the next measurement).
+extern "C" __global__ void cacd_bench_touch(const uint4* p, unsigned long long n, unsigned* sink) {
+    unsigned acc = 0;
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x) {
+        uint4 v = __ldcg(p + i);
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
     }
-    g.synchronize()?;
-    let ctx = g.context().clone();
-    let mut ms = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
-        start.record(g.stream())?;
-        f(g)?;
-        end.record(g.stream())?;
-        end.synchronize()?;
-        ms.push(start.elapsed_ms(&end)? as f64);
+    if (acc == 0x9E3779B9u) sink[0] = acc;  // never true on the zeroed buffer; keeps the loads
+}
+"#;
+
+/// The spin each queued repetition waits behind: long enough for the host to enqueue the
+/// events and the work (checked per repetition).
+const SPIN_NS: u64 = 300_000;
+/// The L2 flush buffer: several times the L2 of any current GPU (H100 50 MB, H200 60 MB).
+const FLUSH_BYTES: usize = 256 << 20;
+
+struct Timer {
+    mode: Timing,
+    spin: CudaFunction,
+    touch: CudaFunction,
+    flush: CudaSlice<u8>,
+    sink: CudaSlice<u32>,
+    /// Queued repetitions whose enqueueing outlasted the spin (their figure includes host time).
+    late: usize,
+}
+
+impl Timer {
+    fn new(g: &GpuPreprocessor, mode: Timing) -> Result<Self> {
+        let ptx = compile_ptx(TIMER_SOURCE).context("NVRTC: bench timer kernels")?;
+        let module = g.context().load_module(ptx).context("bench timer module")?;
+        let stream = g.stream();
+        Ok(Self {
+            mode,
+            spin: module.load_function("cacd_bench_spin")?,
+            touch: module.load_function("cacd_bench_touch")?,
+            flush: stream.alloc_zeros::<u8>(FLUSH_BYTES)?,
+            sink: stream.alloc_zeros::<u32>(1)?,
+            late: 0,
+        })
     }
-    Ok(median(ms))
+
+    /// Queues the L2 flush and the spin on `g`'s stream.
+    fn queue_flush_and_spin(&mut self, g: &GpuPreprocessor) -> Result<()> {
+        let stream = g.stream();
+        let n16 = (FLUSH_BYTES / 16) as u64;
+        let mut b = stream.launch_builder(&self.touch);
+        b.arg(&self.flush).arg(&n16).arg(&mut self.sink);
+        // SAFETY: the buffer holds FLUSH_BYTES (n16 uint4), the sink one u32.
+        unsafe {
+            b.launch(LaunchConfig {
+                grid_dim: (1024, 1, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: 0,
+            })
+        }?;
+        let mut b = stream.launch_builder(&self.spin);
+        b.arg(&SPIN_NS);
+        // SAFETY: one u64 argument.
+        unsafe { b.launch(LaunchConfig::for_num_elems(1)) }?;
+        Ok(())
+    }
+
+    /// Median device time (ms, CUDA events) of `f`'s queued work over `reps` after 3
+    /// warm-ups, timed as `self.mode` says.
+    fn time(
+        &mut self,
+        g: &mut GpuPreprocessor,
+        reps: usize,
+        mut f: impl FnMut(&mut GpuPreprocessor) -> Result<()>,
+    ) -> Result<f64> {
+        for _ in 0..3 {
+            f(g)?;
+        }
+        g.synchronize()?;
+        let ctx = g.context().clone();
+        let mut ms = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let start = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            let end = ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?;
+            let queued = self.mode == Timing::Queued;
+            if queued {
+                self.queue_flush_and_spin(g)?;
+            }
+            let t = Instant::now();
+            start.record(g.stream())?;
+            f(g)?;
+            end.record(g.stream())?;
+            if queued && t.elapsed().as_nanos() as u64 >= SPIN_NS / 2 {
+                self.late += 1;
+            }
+            end.synchronize()?;
+            ms.push(start.elapsed_ms(&end)? as f64);
+        }
+        Ok(median(ms))
+    }
 }
 
 /// Median wall time (ms) of `f` (which must synchronise) over `reps` after 2 warm-ups.
@@ -407,6 +510,9 @@ fn main() -> Result<()> {
         t0.elapsed().as_secs_f64() * 1e3
     );
 
+    let mut timer = Timer::new(&g, a.timing)?;
+    println!("timing: {:?}", a.timing);
+
     // (a) the bandwidth floor: device-to-device copy of the raw volume's bytes.
     let bytes = n * 2;
     let stream = g.stream().clone();
@@ -414,14 +520,20 @@ fn main() -> Result<()> {
     let mut dst = stream.alloc_zeros::<u8>(bytes)?;
     let copy_ms = or_nan(
         "copy",
-        time_events(&mut g, reps, |_| {
+        timer.time(&mut g, reps, |_| {
             stream.memcpy_dtod(&src, &mut dst)?;
             Ok(())
         }),
     );
     drop((src, dst));
     let copy_gbs = 2.0 * bytes as f64 / copy_ms / 1e6;
-    println!("-- GPU kernels (median of {reps}, CUDA events)");
+    println!(
+        "-- GPU kernels (median of {reps}, CUDA events, {} timing)",
+        match a.timing {
+            Timing::Isolated => "isolated",
+            Timing::Queued => "queued: device time behind an L2 flush and a spin",
+        }
+    );
     println!(
         "copy floor: cuMemcpyDtoD {:.0} MB: {copy_ms:.3} ms = {copy_gbs:.0} GB/s (read + write)",
         bytes as f64 / 1e6
@@ -432,15 +544,15 @@ fn main() -> Result<()> {
     g.stage_signed(n)?.copy_from_slice(&raw);
     let upload_ms = or_nan(
         "upload_ms",
-        time_events(&mut g, reps, |g| Ok(g.upload_staged(true, n)?)),
+        timer.time(&mut g, reps, |g| Ok(g.upload_staged(true, n)?)),
     );
     let rescale_ms = or_nan(
         "rescale_ms",
-        time_events(&mut g, reps, |g| Ok(g.enqueue_rescale([d, h, w], rescale)?)),
+        timer.time(&mut g, reps, |g| Ok(g.enqueue_rescale([d, h, w], rescale)?)),
     );
     let rescale_f64_ms = or_nan(
         "rescale_f64_ms",
-        time_events(&mut g, reps, |g| {
+        timer.time(&mut g, reps, |g| {
             Ok(g.enqueue_rescale([d, h, w], rescale_f64)?)
         }),
     );
@@ -449,7 +561,7 @@ fn main() -> Result<()> {
     }
     let unit_ms = or_nan(
         "unit_ms",
-        time_events(&mut g, reps, |g| {
+        timer.time(&mut g, reps, |g| {
             g.enqueue_hu_to_unit(coarse.hu_clip[0], coarse.hu_clip[1], coarse.hu_scale)?;
             Ok(())
         }),
@@ -466,21 +578,21 @@ fn main() -> Result<()> {
         gather_ms.push([
             or_nan(
                 "coarse_ms",
-                time_events(&mut g, reps, |g| {
+                timer.time(&mut g, reps, |g| {
                     g.enqueue_model_input(&coarse_grid)?;
                     Ok(())
                 }),
             ),
             or_nan(
                 "fine_ms",
-                time_events(&mut g, reps, |g| {
+                timer.time(&mut g, reps, |g| {
                     g.enqueue_model_input(&fine_grid)?;
                     Ok(())
                 }),
             ),
             or_nan(
                 "mask_ms",
-                time_events(&mut g, reps, |g| {
+                timer.time(&mut g, reps, |g| {
                     mbox = g.enqueue_mask(&fine_grid, k)?;
                     Ok(())
                 }),
@@ -501,7 +613,7 @@ fn main() -> Result<()> {
         let mut run = || -> Result<f64> {
             let src = stream.alloc_zeros::<u8>(half.max(1))?;
             let mut dst = stream.alloc_zeros::<u8>(half.max(1))?;
-            time_events(&mut g, reps, |_| {
+            timer.time(&mut g, reps, |_| {
                 stream.memcpy_dtod(&src, &mut dst)?;
                 Ok(())
             })
@@ -701,6 +813,12 @@ fn main() -> Result<()> {
         other_parity.push(json!({"kernels": format!("{v:?}"), "parity": r.ok().map(|b| json!({"coarse": b.0, "fine": b.1, "mask_differ": b.2}))}));
     }
     g.set_gather_kernels(GatherKernels::DEFAULT);
+    if a.timing == Timing::Queued {
+        println!(
+            "queued repetitions whose enqueueing took over half the spin (figure may include host time): {}",
+            timer.late
+        );
+    }
     let (dev_bytes, pinned_bytes) = g.footprint();
     println!(
         "buffer pool: {:.0} MB device, {:.0} MB pinned host",
@@ -714,6 +832,8 @@ fn main() -> Result<()> {
         "nvrtc_arch": info.arch,
         "compile_ms": info.compile_ms,
         "dims": [d, h, w],
+        "timing": format!("{:?}", a.timing).to_lowercase(),
+        "late_queued_reps": timer.late,
         "volume": a.phantom.map_or("synthetic".to_string(), |s| format!("phantom {s}")),
         "copy": {"bytes": bytes, "ms": copy_ms, "gbs": copy_gbs},
         "kernels": kernel_json,

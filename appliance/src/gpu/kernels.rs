@@ -12,11 +12,12 @@
 //! always passed from offset 0); the gather kernels run on a 2-D grid (slice = blockIdx.y) so
 //! index math is one 32-bit division; read-only inputs go through `__ldg` (non-coherent
 //! cache); there are no atomics and every output is written exactly once. The product runs
-//! the tuned gather kernels (`resample_input_x4`: 4 x-outputs per thread; and
-//! `fine_to_native_rows`: one warp per box row, candidates compacted through shared memory);
-//! the one-output-per-thread kernels and the 256-voxel-chunk compaction
-//! (`fine_to_native_compact`, also the fallback for rows wider than 512) stay for the bench's
-//! comparison (`gpu::GatherKernels`).
+//! `resample_input` on the 1-channel coarse grid, the tuned `resample_input_x4` (4 x-outputs
+//! per thread) on the 4-channel fine grid, and `fine_to_native_rows` (one warp per box row,
+//! candidates compacted through shared memory) for the labels (`gpu::GatherKernels::Mixed`);
+//! the other sets (one output per thread throughout; the 256-voxel-chunk compaction
+//! `fine_to_native_compact`, also the fallback for rows wider than 512) stay for the bench's
+//! comparison.
 
 /// Kernel names, in the order [`SOURCE`] defines them.
 pub const RESCALE_S16: &str = "rescale_s16";
@@ -425,4 +426,5 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_rows(const shor
         orow[xi] = label_at(ntaps, probs, k, d, h, w, bd, bh, zi, yi, xi);
     }
 }
+
 "#;

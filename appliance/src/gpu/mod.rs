@@ -194,15 +194,20 @@ pub enum GatherKernels {
     /// Resampling as `WarpChunks`; labels compacted per box row, one warp per row (rows wider
     /// than 512 voxels fall back to `WarpChunks`).
     WarpRows,
+    /// Per grid the faster resampling: one output per thread on 1-channel grids (the coarse
+    /// grid: 4 per thread left too few threads in flight, 21–41 % slower by device time on an
+    /// H100 and an H200), 4 per thread on 4-channel ones; labels as `WarpRows`.
+    Mixed,
 }
 
 impl GatherKernels {
-    /// The set the product uses (fastest in the H100 bench, BENCHMARKS.md).
-    pub const DEFAULT: GatherKernels = GatherKernels::WarpRows;
-    pub const ALL: [GatherKernels; 3] = [
+    /// The set the product uses (fastest in the GPU bench, BENCHMARKS.md).
+    pub const DEFAULT: GatherKernels = GatherKernels::Mixed;
+    pub const ALL: [GatherKernels; 4] = [
         GatherKernels::Baseline,
         GatherKernels::WarpChunks,
         GatherKernels::WarpRows,
+        GatherKernels::Mixed,
     ];
 }
 
@@ -738,7 +743,10 @@ impl GpuPreprocessor {
         let total = plane * spec.channels;
         let (cfg, kernel) = match self.gather {
             GatherKernels::Baseline => (slab_cfg(h * w, d)?, &self.kernels.resample_input),
-            GatherKernels::WarpChunks | GatherKernels::WarpRows => (
+            GatherKernels::Mixed if spec.channels == 1 => {
+                (slab_cfg(h * w, d)?, &self.kernels.resample_input)
+            }
+            GatherKernels::WarpChunks | GatherKernels::WarpRows | GatherKernels::Mixed => (
                 slab_cfg(h * w.div_ceil(4), d)?,
                 &self.kernels.resample_input_x4,
             ),
@@ -848,7 +856,7 @@ impl GpuPreprocessor {
             )));
         }
         let n = mbox.voxels();
-        let rows = self.gather == GatherKernels::WarpRows
+        let rows = matches!(self.gather, GatherKernels::WarpRows | GatherKernels::Mixed)
             && mbox.len[2] <= kernels::MASK_ROW_MAX
             && mbox.len[0] <= 65_535;
         let warps = kernels::BLOCK as usize / 32;
