@@ -534,6 +534,25 @@ async fn forward_loop(
                     error!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, %error, "delivery failed (permanent); not retrying");
                     Attempt::Permanent { error }
                 }
+                Err(SendError::ResultMissing(error)) => {
+                    // Nothing reached the peer: not an attempt. Score again from the stored
+                    // instances (same version, so the same result UIDs).
+                    warn!(stage = "forward", destination = %id, series_hash = %h, version = d.version, %error, "result file missing or unreadable; scoring the series again");
+                    let q = queue.clone();
+                    let (series_uid, version) = (s.series_uid.clone(), d.version);
+                    match tokio::task::spawn_blocking(move || {
+                        q.rescore_missing(&series_uid, version, &error)
+                    })
+                    .await
+                    {
+                        Ok(Ok(Some(state))) => {
+                            info!(stage = "forward", series_hash = %h, ?state, "series state")
+                        }
+                        Ok(Ok(None)) | Err(_) => {}
+                        Ok(Err(e)) => error!(error = %e, "queue write failed; will try again"),
+                    }
+                    continue;
+                }
             };
             let q = queue.clone();
             let (series_uid, idc, version) = (s.series_uid.clone(), id.clone(), d.version);

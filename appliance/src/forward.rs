@@ -4,9 +4,11 @@
 //! A7xx "out of resources", an aborted association) and retried with capped exponential
 //! backoff, or permanent (A-ASSOCIATE-RJ permanent such as an unknown called AE, no accepted
 //! presentation context, any other failure status such as A9xx / Cxxx) and not retried.
+//! A result file of our own that is missing or unreadable is neither: nothing was sent, and
+//! the daemon scores the series again from its stored instances (`ResultMissing`).
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dicom_encoding::TransferSyntaxIndex;
@@ -29,6 +31,10 @@ pub enum SendError {
     Transient(String),
     #[error("permanent: {0}")]
     Permanent(String),
+    /// A result file to send is missing or unreadable (e.g. after a power cut, or removed by
+    /// hand): regenerate it rather than fail the series.
+    #[error("result file missing or unreadable: {0}")]
+    ResultMissing(String),
 }
 
 /// SCU settings taken from the config.
@@ -65,11 +71,22 @@ struct Outgoing {
     transfer_syntax: String,
 }
 
+/// A result file that cannot be read, named without its folders (they are the study and
+/// series UIDs, which logs only give as hashes).
+fn result_missing(path: &Path, e: impl std::fmt::Display) -> SendError {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = e.to_string().replace(&path.display().to_string(), &name);
+    SendError::ResultMissing(format!("{name}: {text}"))
+}
+
 fn read_meta(path: &PathBuf) -> Result<Outgoing, SendError> {
     let obj = dicom_object::OpenFileOptions::new()
         .read_until(dicom_dictionary_std::tags::PIXEL_DATA)
         .open_file(path)
-        .map_err(|e| SendError::Permanent(format!("result file {}: {e}", path.display())))?;
+        .map_err(|e| result_missing(path, e))?;
     let meta = obj.meta();
     let t = |s: &str| s.trim_end_matches(['\0', ' ']).to_string();
     Ok(Outgoing {
@@ -85,8 +102,7 @@ fn encode_dataset(path: &PathBuf, ts_uid: &str) -> Result<Vec<u8>, SendError> {
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| SendError::Permanent(format!("unknown transfer syntax {ts_uid}")))?;
-    let obj = dicom_object::open_file(path)
-        .map_err(|e| SendError::Permanent(format!("result file {}: {e}", path.display())))?;
+    let obj = dicom_object::open_file(path).map_err(|e| result_missing(path, e))?;
     let mut out = Vec::new();
     obj.write_dataset_with_ts(&mut out, ts)
         .map_err(|e| SendError::Permanent(format!("encoding {}: {e}", path.display())))?;

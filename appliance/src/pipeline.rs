@@ -293,13 +293,14 @@ fn quality_of(volume: &Volume, noise_hu: Option<f64>, rules: &refine::Rules) -> 
 
 /// Writes `result.json` and, for a scored series, `seg.dcm` (when there is calcium),
 /// `sr.dcm` and `summary.dcm` into `dir`. Returns the DICOM files written (what a
-/// forwarder sends). Each file goes to a temp name, is fsynced and renamed.
+/// forwarder sends). Each file goes to a temp name, is fsynced and renamed; new folders are
+/// fsynced into their parents.
 pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, PipelineError> {
     let werr = |path: &Path| {
         let path = path.display().to_string();
         move |source| PipelineError::Write { path, source }
     };
-    std::fs::create_dir_all(dir).map_err(werr(dir))?;
+    crate::fsutil::create_dir_all_durable(dir).map_err(werr(dir))?;
     let mut dicom = Vec::new();
     if let Outcome::Scored(s) = outcome {
         let mut objects = vec![

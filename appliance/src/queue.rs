@@ -648,6 +648,44 @@ impl Queue {
         })
     }
 
+    /// A result file of `version` was missing or unreadable when it was to be sent (a power
+    /// cut, a hand in the outbox): the series goes back to `scoring` at the same version, so
+    /// the results come back with the same UIDs and replace whatever was already delivered;
+    /// its deliveries stay as they are and go on once the results are back. Counted as a
+    /// scoring attempt, so results that keep vanishing end in `failed`, not in a loop.
+    /// Returns the series state afterwards, or None when the series has moved on.
+    pub fn rescore_missing(
+        &self,
+        series_uid: &str,
+        version: u32,
+        reason: &str,
+    ) -> Result<Option<SeriesState>, QueueError> {
+        let max_attempts = self.max_scoring_attempts;
+        self.write(|series, _, _| {
+            let Some(mut cur) = Self::get_series(series, series_uid)? else {
+                return Ok(None);
+            };
+            if cur.state != SeriesState::Forwarding || cur.version != version {
+                return Ok(None);
+            }
+            cur.scoring_attempts += 1;
+            let n = cur.scoring_attempts;
+            if n < max_attempts {
+                cur.state = SeriesState::Scoring;
+                cur.reason = Some(format!(
+                    "result files missing, scoring again ({n} of {max_attempts}): {reason}"
+                ));
+            } else {
+                cur.state = SeriesState::Failed;
+                cur.reason = Some(format!(
+                    "result files missing after {n} scoring attempts; last: {reason}"
+                ));
+            }
+            Self::put_series(series, &mut cur)?;
+            Ok(Some(cur.state))
+        })
+    }
+
     /// Series finished (delivered or rejected) longer than `retention` ago.
     pub fn prunable(&self, retention: Duration) -> Result<Vec<SeriesRecord>, QueueError> {
         let cutoff = now_ms().saturating_sub(retention.as_millis() as u64);
@@ -902,5 +940,65 @@ mod tests {
         q.complete_quiet(Duration::ZERO).unwrap();
         let s = q.start_scoring().unwrap().unwrap();
         assert_eq!((s.version, s.scoring_attempts), (2, 0));
+    }
+
+    /// A result file found missing at send time: back to `scoring` at the same version (same
+    /// result UIDs), deliveries kept — the one already done stays done, the pending one goes
+    /// on after the re-score — and results that keep vanishing end in `failed`.
+    #[test]
+    fn missing_result_files_send_the_series_back_to_scoring_not_to_failed() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let scored = || ScoringEnd::Scored {
+            results: vec![PathBuf::from("v1/sr.dcm")],
+            agatston_total: Some(12.0),
+        };
+        let s = q.start_scoring().unwrap().unwrap();
+        q.finish_scoring("se", s.generation, scored()).unwrap();
+        q.start_forwarding(&["A".into(), "B".into()]).unwrap();
+        q.record_attempt("se", "A", 1, Attempt::Delivered).unwrap();
+        // Not for another version, nor while not forwarding.
+        assert_eq!(q.rescore_missing("se", 2, "gone").unwrap(), None);
+        let st = q.rescore_missing("se", 1, "v1/sr.dcm: not found").unwrap();
+        assert_eq!(st, Some(SeriesState::Scoring));
+        assert_eq!(q.rescore_missing("se", 1, "again").unwrap(), None);
+        assert!(
+            q.due_deliveries("B").unwrap().is_empty(),
+            "nothing sent while scoring"
+        );
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!(
+            (s.version, s.scoring_attempts),
+            (1, 1),
+            "same version, counted"
+        );
+        assert!(q.finish_scoring("se", s.generation, scored()).unwrap());
+        q.start_forwarding(&["A".into(), "B".into()]).unwrap();
+        let due = q.due_deliveries("B").unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(
+            due[0].0.attempts, 0,
+            "finding the file missing was not an attempt"
+        );
+        assert!(
+            q.due_deliveries("A").unwrap().is_empty(),
+            "A already has version 1"
+        );
+        let st = q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap();
+        assert_eq!(st, Some(SeriesState::Delivered));
+        // Results that keep vanishing: failed after the scoring attempts, with the reason.
+        q.record_instance("st", "se", "i2").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let mut state = None;
+        for _ in 0..MAX_SCORING_ATTEMPTS {
+            let s = q.start_scoring().unwrap().unwrap();
+            q.finish_scoring("se", s.generation, scored()).unwrap();
+            q.start_forwarding(&["B".into()]).unwrap();
+            state = q.rescore_missing("se", 2, "v2/sr.dcm: not found").unwrap();
+        }
+        assert_eq!(state, Some(SeriesState::Failed));
+        let r = q.series("se").unwrap().unwrap();
+        assert!(r.reason.unwrap().contains("result files missing"));
     }
 }

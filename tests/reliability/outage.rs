@@ -98,3 +98,73 @@ fn pacs_outage_delays_results_never_drops_them_and_shows_on_the_status_port() {
         per_series.iter().copied().max().unwrap_or(0) as f64 / minutes
     );
 }
+
+/// Result files lost from the outbox while the PACS is down (a power cut that took them, a
+/// hand that cleaned the folder): the series is scored again from its stored instances — not
+/// failed — and, once the PACS is back, delivered with the same result UIDs.
+#[test]
+fn result_files_lost_before_delivery_are_scored_again_and_delivered() {
+    let _serial = serial();
+    if no_models() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (port, status, recv_port) = (free_port(), free_port(), free_port());
+    let cfg = config(
+        tmp.path(),
+        &data,
+        port,
+        status,
+        &[("RECV", recv_port)],
+        "",
+        "",
+    );
+    let serve = Serve::start(&cfg, port, &data);
+    let files = dicom_files(&phantom(tmp.path(), 4850, 30));
+    assert_eq!(send(port, &files).acked.len(), files.len());
+    assert!(
+        wait_until(Duration::from_secs(300), || status_json(status)
+            .is_some_and(|v| v["queue"]["forwarding"].as_u64() == Some(1))),
+        "not waiting for the PACS: {:?}",
+        status_json(status)
+    );
+    // Not Store::open here: it would clear the running daemon's temp folder.
+    let dcm_below = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        files_below(dir)
+            .into_iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "dcm"))
+            .collect()
+    };
+    let outbox = data.join("outbox");
+    let before: std::collections::BTreeSet<String> =
+        dcm_below(&outbox).iter().map(|f| sop_uid(f)).collect();
+    assert!(before.len() >= 2, "results in the outbox: {before:?}");
+    for f in dcm_below(&outbox) {
+        std::fs::remove_file(f).unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(120), || dcm_below(&outbox).len()
+            == before.len()),
+        "the lost results were not written again"
+    );
+    let receiver = Receiver::start(recv_port, &tmp.path().join("received"));
+    assert!(
+        wait_until(Duration::from_secs(120), || delivered(status) == 1),
+        "not delivered: {:?}",
+        status_json(status)
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    serve.terminate();
+    assert_eq!(states(&data), vec![cacd::queue::SeriesState::Delivered]);
+    let after = final_result_uids(&data);
+    assert_eq!(after, before, "scored again with the same result UIDs");
+    let copies = receiver.copies();
+    assert!(
+        after.iter().all(|u| copies.get(u) == Some(&1)),
+        "{copies:?}"
+    );
+    let q = cacd::queue::Queue::open(&data).unwrap();
+    let rec = q.all_series().unwrap().remove(0);
+    assert_eq!((rec.version, rec.scoring_attempts), (1, 1));
+}

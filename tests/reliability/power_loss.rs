@@ -5,10 +5,15 @@
 //! must open, every instance acknowledged before the cut must be there, and once the scanner
 //! resends, the series is delivered.
 //!
-//! The daemon is frozen (SIGSTOP) for the copy, so nothing is acknowledged after the instant
-//! of the cut; the file system stays live, as a power cut would find it; the ext4
-//! mount uses `commit=300` so that only what cacd fsyncs is forced to the image in the seconds
-//! the test runs (the kernel's own write-back, 30 s by default, rarely fires that soon).
+//! The daemon and its scoring worker are frozen (SIGSTOP) for the copy, so nothing is
+//! acknowledged or written after the instant of the cut; the file system stays live, as a
+//! power cut would find it; the ext4 mount uses `commit=300` so that only what cacd fsyncs is
+//! forced to the image in the seconds the test runs (the kernel's own write-back, 30 s by
+//! default, rarely fires that soon; its journal thread can still checkpoint during the copy,
+//! which a device-mapper snapshot would rule out — none here). Once, with only the daemon
+//! frozen, a series came back `forwarding` with a result file missing and the daemon failed
+//! it; since then a missing result file sends the series back to scoring (the outage suite
+//! tests that on its own) and new outbox folders are fsynced into their parents.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -68,7 +73,14 @@ fn power_cut_on_a_loop_mounted_ext4_keeps_every_acknowledged_instance() {
 
         // The cut: freeze the process (no acknowledgement after this instant), copy the image
         // as it stands, then kill.
-        assert!(sh(&["kill", "-STOP", &serve.child.id().to_string()]));
+        let pid = serve.child.id();
+        assert!(sh(&["kill", "-STOP", &pid.to_string()]));
+        // The scoring worker writes to the same disk (results, fsyncs that commit the
+        // journal): frozen too, or the copy would mix moments no power cut could.
+        let workers = children(pid);
+        for w in &workers {
+            sh(&["kill", "-STOP", &w.to_string()]);
+        }
         let snapshot = dir.join("after-cut.img");
         assert!(sh(&[
             "cp",
@@ -77,6 +89,10 @@ fn power_cut_on_a_loop_mounted_ext4_keeps_every_acknowledged_instance() {
             snapshot.to_str().unwrap()
         ]));
         serve.kill();
+        // A stopped worker would never see its pipe close: end it, or the image stays busy.
+        for w in &workers {
+            sh(&["kill", "-KILL", &w.to_string()]);
+        }
         let sent = sender.join().unwrap();
         let acked: BTreeSet<String> = sent.acked.iter().map(|f| sop_uid(f)).collect();
         live.unmount();
