@@ -102,7 +102,7 @@ def kernel_table(ours, what):
         same = k.get("pct_of_same_size_copy")
         same_txt = f"{num(same):>17.0f}%" if same is not None else " " * 18
         # Rows of kernel sets the product does not use (no " *") are for comparison only.
-        compared = "H2D" in k["name"] or (any(v in k["name"] for v in ("Baseline", "Warp", "X2", "X4", "Rows", "Cells")) and not k["name"].endswith("*"))
+        compared = "H2D" in k["name"] or (any(v in k["name"] for v in ("Baseline", "Warp", "X2", "X4", "Rows", "Cells", "Mixed", "TwoPass")) and not k["name"].endswith("*"))
         flag = "" if compared else ("ok" if pct >= 60 else ("ok at size" if same is not None and num(same) >= 60 else "BELOW"))
         print(f"{k['name']:<34}{num(k['ms']):>9.4f}{num(k['bytes']) / 1e6:>7.1f}MB{pct:>6.0f}%{same_txt}   {flag}")
 kernel_table(ours, "synthetic volume")
@@ -146,11 +146,12 @@ if [ -n "$NCU" ]; then
     --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats)
   BENCH_ARGS=("$BIN/cacd-gpu-bench" --reps 1 --cpu-reps 1 --phantom 424242 --timing queued)
   # 4 launches per measurement (3 warm-ups, 1 rep), kernel sets in GatherKernels::ALL order:
-  # resample_input: Baseline coarse, Baseline fine, Mixed coarse; resample_input_x4: WarpChunks
-  # coarse, fine, WarpRows coarse, fine, Mixed fine; fine_to_native_rows: WarpRows, Mixed.
+  # resample_input: Baseline coarse, Baseline fine, Mixed coarse, TwoPass coarse; resample_input_x4: WarpChunks
+  # coarse, fine, WarpRows coarse, fine, Mixed fine, TwoPass fine; mask_scan, mask_label: TwoPass.
   step "profile coarse" 40 "$NCU" --kernel-name resample_input --launch-skip 9 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
   step "profile fine" 40 "$NCU" --kernel-name resample_input_x4 --launch-skip 17 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
-  step "profile mask" 40 "$NCU" --kernel-name fine_to_native_rows --launch-skip 5 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
+  step "profile mask scan" 40 "$NCU" --kernel-name mask_scan --launch-skip 1 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
+  step "profile mask label" 40 "$NCU" --kernel-name mask_label --launch-skip 1 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
 else
   echo "(no Nsight Compute on this machine: no profile)"
 fi

@@ -163,6 +163,9 @@ pub(crate) struct Pool {
     pub(crate) probs: DeviceBuf<f32>,
     /// Labels over the crop's native box.
     pub(crate) mask: DeviceBuf<u8>,
+    /// The two-pass mask's candidate list (box offsets) and its length.
+    pub(crate) mask_cands: DeviceBuf<u32>,
+    pub(crate) mask_count: DeviceBuf<u32>,
     /// Pinned staging for uploads.
     pub(crate) stage_s16: PinnedBuf<i16>,
     pub(crate) stage_u16: PinnedBuf<u16>,
@@ -184,6 +187,8 @@ impl Pool {
             model: DeviceBuf::new(),
             probs: DeviceBuf::new(),
             mask: DeviceBuf::new(),
+            mask_cands: DeviceBuf::new(),
+            mask_count: DeviceBuf::new(),
             stage_s16: PinnedBuf::new(),
             stage_u16: PinnedBuf::new(),
             stage_f32: PinnedBuf::new(),
@@ -202,7 +207,9 @@ impl Pool {
             + self.mask_taps.bytes()
             + self.model.bytes()
             + self.probs.bytes()
-            + self.mask.bytes();
+            + self.mask.bytes()
+            + self.mask_cands.bytes()
+            + self.mask_count.bytes();
         let host = self.stage_s16.bytes()
             + self.stage_u16.bytes()
             + self.stage_f32.bytes()

@@ -11,13 +11,15 @@
 //! 8-byte load and one 8/16-byte store (device buffers are allocated 256-byte aligned and
 //! always passed from offset 0); the gather kernels run on a 2-D grid (slice = blockIdx.y) so
 //! index math is one 32-bit division; read-only inputs go through `__ldg` (non-coherent
-//! cache); there are no atomics and every output is written exactly once. The product runs
-//! `resample_input` on the 1-channel coarse grid, the tuned `resample_input_x4` (4 x-outputs
-//! per thread) on the 4-channel fine grid, and `fine_to_native_rows` (one warp per box row,
-//! candidates compacted through shared memory) for the labels (`gpu::GatherKernels::Mixed`);
-//! the other sets (one output per thread throughout; the 256-voxel-chunk compaction
-//! `fine_to_native_compact`, also the fallback for rows wider than 512) stay for the bench's
-//! comparison.
+//! cache); the product's kernels use no atomics (`mask_scan`, below, one per row) and write
+//! every output exactly once. The product runs `resample_input` on the 1-channel coarse
+//! grid, the tuned `resample_input_x4` (4 x-outputs per thread) on the 4-channel fine grid,
+//! and `fine_to_native_rows` (one warp per box row, candidates compacted through shared
+//! memory) for the labels (`gpu::GatherKernels::Mixed`); the other sets (one output per
+//! thread throughout; the 256-voxel-chunk compaction `fine_to_native_compact`, also the
+//! fallback for rows wider than 512) stay for the bench's comparison. `mask_scan` +
+//! `mask_label` (set `TwoPass`) label in two passes; written after the last GPU run, they
+//! await their first measurement and parity run on a GPU.
 
 /// Kernel names, in the order [`SOURCE`] defines them.
 pub const RESCALE_S16: &str = "rescale_s16";
@@ -28,6 +30,10 @@ pub const FINE_TO_NATIVE: &str = "fine_to_native";
 pub const RESAMPLE_INPUT_X4: &str = "resample_input_x4";
 pub const FINE_TO_NATIVE_COMPACT: &str = "fine_to_native_compact";
 pub const FINE_TO_NATIVE_ROWS: &str = "fine_to_native_rows";
+pub const MASK_SCAN: &str = "mask_scan";
+pub const MASK_LABEL: &str = "mask_label";
+/// Most blocks `mask_label` is launched with (it strides over the candidate list).
+pub const MASK_LABEL_MAX_BLOCKS: usize = 2048;
 /// Widest box row `fine_to_native_rows` takes (16 loads of 32 per lane).
 pub const MASK_ROW_MAX: usize = 512;
 
@@ -427,4 +433,67 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_rows(const shor
     }
 }
 
+
+// ---- Two-pass labels: a streaming pass, then the candidates alone with every lane busy ----
+// In a CT 2-3 % of the box are candidates, a handful per row, so labelling them per row (as
+// fine_to_native_rows does) kept few of a warp's 32 lanes busy in the costly part (8*K
+// gathers each). Pass 1, mask_scan (one warp per box row, few registers), writes the zeros and
+// appends the row's candidates, as box offsets, to one list (one atomicAdd per row); pass 2,
+// mask_label, labels the list with every lane busy. The list's order varies from run to run;
+// the labels do not (each is written to its own voxel, with the same arithmetic).
+// mask_scan launch: grid (ceil(bh / 8), bd), block 256; bw <= 512; box voxels < 2^32;
+// *count zeroed before.
+extern "C" __global__ void __launch_bounds__(256) mask_scan(const short* __restrict__ hu, int nh, int nw,
+                                          short threshold, int bz0, int by0, int bx0,
+                                          int bd, int bh, int bw,
+                                          unsigned char* __restrict__ out,
+                                          unsigned int* __restrict__ cands,
+                                          unsigned int* __restrict__ count) {
+    __shared__ unsigned short list[8][512];
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int yi = blockIdx.x * 8 + warp, zi = blockIdx.y;
+    if (yi >= bh) return;  // uniform per warp
+    const short* row = hu + ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + bx0;
+    unsigned int rbase = ((unsigned int)zi * bh + yi) * bw;
+    unsigned char* orow = out + rbase;
+    short v[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        int xi = j * 32 + lane;
+        v[j] = xi < bw ? __ldg(row + xi) : (short)-32768;
+    }
+    unsigned int n = 0;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        if (j * 32 >= bw) break;  // uniform per warp
+        int xi = j * 32 + lane;
+        bool cand = xi < bw && v[j] >= threshold;
+        if (xi < bw && !cand) orow[xi] = 0;
+        n = warp_append(list[warp], n, cand, (unsigned short)xi, lane);
+    }
+    __syncwarp();
+    if (n == 0) return;  // uniform per warp
+    unsigned int base = 0;
+    if (lane == 0) base = atomicAdd(count, n);
+    base = __shfl_sync(0xffffffffu, base, 0);
+    for (unsigned int i = lane; i < n; i += 32) cands[base + i] = rbase + list[warp][i];
+}
+
+// mask_label launch: any grid (grid-stride over *count), block 256.
+extern "C" __global__ void __launch_bounds__(256) mask_label(const int4* __restrict__ ntaps,
+                                          const float* __restrict__ probs, int k, int d, int h,
+                                          int w, int bd, int bh, int bw,
+                                          const unsigned int* __restrict__ cands,
+                                          const unsigned int* __restrict__ count,
+                                          unsigned char* __restrict__ out) {
+    unsigned int n = *count;
+    unsigned int bhw = (unsigned int)bh * bw;
+    for (unsigned int i = blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += gridDim.x * blockDim.x) {
+        unsigned int v = __ldg(cands + i);
+        unsigned int zi = v / bhw, r = v - zi * bhw;
+        unsigned int yi = r / bw, xi = r - yi * bw;
+        out[v] = label_at(ntaps, probs, k, d, h, w, bd, bh, (int)zi, (int)yi, (int)xi);
+    }
+}
 "#;

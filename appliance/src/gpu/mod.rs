@@ -180,6 +180,8 @@ struct Kernels {
     resample_input_x4: CudaFunction,
     fine_to_native_compact: CudaFunction,
     fine_to_native_rows: CudaFunction,
+    mask_scan: CudaFunction,
+    mask_label: CudaFunction,
 }
 
 /// Which implementation of the gather kernels (resampling onto the model grids, labels back
@@ -198,16 +200,21 @@ pub enum GatherKernels {
     /// grid: 4 per thread left too few threads in flight, 21–41 % slower by device time on an
     /// H100 and an H200), 4 per thread on 4-channel ones; labels as `WarpRows`.
     Mixed,
+    /// Resampling as `Mixed`; labels in two passes: a row scan that writes the zeros and lists
+    /// the candidates, then the list labelled with every lane busy (rows wider than 512
+    /// voxels fall back to `WarpChunks`).
+    TwoPass,
 }
 
 impl GatherKernels {
     /// The set the product uses (fastest in the GPU bench, BENCHMARKS.md).
     pub const DEFAULT: GatherKernels = GatherKernels::Mixed;
-    pub const ALL: [GatherKernels; 4] = [
+    pub const ALL: [GatherKernels; 5] = [
         GatherKernels::Baseline,
         GatherKernels::WarpChunks,
         GatherKernels::WarpRows,
         GatherKernels::Mixed,
+        GatherKernels::TwoPass,
     ];
 }
 
@@ -420,6 +427,8 @@ impl GpuPreprocessor {
             resample_input_x4: load(kernels::RESAMPLE_INPUT_X4)?,
             fine_to_native_compact: load(kernels::FINE_TO_NATIVE_COMPACT)?,
             fine_to_native_rows: load(kernels::FINE_TO_NATIVE_ROWS)?,
+            mask_scan: load(kernels::MASK_SCAN)?,
+            mask_label: load(kernels::MASK_LABEL)?,
         };
         let compile_ms = t0.elapsed().as_secs_f64() * 1e3;
         tracing::info!(
@@ -743,10 +752,13 @@ impl GpuPreprocessor {
         let total = plane * spec.channels;
         let (cfg, kernel) = match self.gather {
             GatherKernels::Baseline => (slab_cfg(h * w, d)?, &self.kernels.resample_input),
-            GatherKernels::Mixed if spec.channels == 1 => {
+            GatherKernels::Mixed | GatherKernels::TwoPass if spec.channels == 1 => {
                 (slab_cfg(h * w, d)?, &self.kernels.resample_input)
             }
-            GatherKernels::WarpChunks | GatherKernels::WarpRows | GatherKernels::Mixed => (
+            GatherKernels::WarpChunks
+            | GatherKernels::WarpRows
+            | GatherKernels::Mixed
+            | GatherKernels::TwoPass => (
                 slab_cfg(h * w.div_ceil(4), d)?,
                 &self.kernels.resample_input_x4,
             ),
@@ -856,9 +868,12 @@ impl GpuPreprocessor {
             )));
         }
         let n = mbox.voxels();
-        let rows = matches!(self.gather, GatherKernels::WarpRows | GatherKernels::Mixed)
-            && mbox.len[2] <= kernels::MASK_ROW_MAX
-            && mbox.len[0] <= 65_535;
+        let row_kernels = mbox.len[2] <= kernels::MASK_ROW_MAX && mbox.len[0] <= 65_535;
+        if self.gather == GatherKernels::TwoPass && row_kernels && n < u32::MAX as usize {
+            return self.enqueue_mask_two_pass(grid, k, dims, mbox, taps);
+        }
+        let rows =
+            matches!(self.gather, GatherKernels::WarpRows | GatherKernels::Mixed) && row_kernels;
         let warps = kernels::BLOCK as usize / 32;
         let (cfg, kernel) = if rows {
             // One warp per box row, BLOCK / 32 rows per block, blockIdx.y the box slice.
@@ -906,6 +921,75 @@ impl GpuPreprocessor {
             // SAFETY: argument types match; taps hold bd + bh + bw int4 entries whose indices
             // lie inside the fine grid; probs hold k·d·h·w; out ≥ the box's voxels.
             unsafe { b.launch(cfg) }.during("mask launch")?;
+            Ok(Some(mbox))
+        })
+    }
+
+    /// The labels of `mbox` in two passes (`GatherKernels::TwoPass`): `mask_scan` over the
+    /// box rows, then `mask_label` over the candidates it listed.
+    fn enqueue_mask_two_pass(
+        &mut self,
+        grid: &FineGrid,
+        k: usize,
+        dims: [usize; 3],
+        mbox: MaskBox,
+        taps: Vec<i32>,
+    ) -> Result<Option<MaskBox>, GpuError> {
+        let [d, h, w] = grid.spec.shape;
+        let n = mbox.voxels();
+        let warps = kernels::BLOCK as usize / 32;
+        let scan_cfg = LaunchConfig {
+            grid_dim: (mbox.len[1].div_ceil(warps) as u32, mbox.len[0] as u32, 1),
+            block_dim: (kernels::BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let label_cfg = LaunchConfig {
+            grid_dim: (
+                n.div_ceil(kernels::BLOCK as usize)
+                    .clamp(1, kernels::MASK_LABEL_MAX_BLOCKS) as u32,
+                1,
+                1,
+            ),
+            block_dim: (kernels::BLOCK, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let kern = &self.kernels;
+        let (stream, pool) = (&self.stream, &mut self.pool);
+        guarded("mask", || {
+            let tap_buf = pool.mask_taps.load(stream, taps).during("tap upload")?;
+            let out = pool.mask.ensure(stream, n).during("device alloc")?;
+            let cands = pool.mask_cands.ensure(stream, n).during("device alloc")?;
+            let count = pool.mask_count.ensure(stream, 1).during("device alloc")?;
+            stream.memset_zeros(&mut *count).during("count reset")?;
+            let hu = pool.hu.get().ok_or(GpuError::NoVolume)?;
+            let probs = pool.probs.get().ok_or_else(|| {
+                GpuError::Input("no class probabilities uploaded (upload_probs first)".into())
+            })?;
+            let (nh, nw) = (dims[1] as i32, dims[2] as i32);
+            let (ki, di, hi, wi) = (k as i32, d as i32, h as i32, w as i32);
+            let thr: i16 = CANDIDATE_HU;
+            let [bz0, by0, bx0] = mbox.start.map(|v| v as i32);
+            let [bd, bh, bw] = mbox.len.map(|v| v as i32);
+            let mut b = stream.launch_builder(&kern.mask_scan);
+            b.arg(hu).arg(&nh).arg(&nw).arg(&thr);
+            b.arg(&bz0).arg(&by0).arg(&bx0).arg(&bd).arg(&bh).arg(&bw);
+            b.arg(&mut *out).arg(&mut *cands).arg(&mut *count);
+            // SAFETY: argument types match; out and cands hold ≥ the box's voxels (< 2^32),
+            // count one u32, zeroed above on the same stream.
+            unsafe { b.launch(scan_cfg) }.during("mask scan launch")?;
+            let mut b = stream.launch_builder(&kern.mask_label);
+            b.arg(tap_buf).arg(probs);
+            b.arg(&ki)
+                .arg(&di)
+                .arg(&hi)
+                .arg(&wi)
+                .arg(&bd)
+                .arg(&bh)
+                .arg(&bw);
+            b.arg(&*cands).arg(&*count).arg(&mut *out);
+            // SAFETY: argument types match; taps hold bd + bh + bw int4 entries whose indices
+            // lie inside the fine grid; probs hold k·d·h·w; the list holds *count box offsets.
+            unsafe { b.launch(label_cfg) }.during("mask label launch")?;
             Ok(Some(mbox))
         })
     }
