@@ -353,6 +353,33 @@ __device__ __forceinline__ unsigned int warp_append(unsigned short* list, unsign
     return count + __popc(ballot);
 }
 
+// Scans one box row for the row kernels: loads its HU (up to 512 values, every load in
+// flight), writes 0 to `orow` where HU < threshold, and lists the candidates' x in `list` in
+// order; returns how many (the same on every lane), the list visible to the whole warp. All 32
+// lanes must call it; bw <= 512.
+__device__ __forceinline__ unsigned int scan_row(const short* __restrict__ row, int bw,
+                                                 short threshold,
+                                                 unsigned char* __restrict__ orow,
+                                                 unsigned short* list, int lane) {
+    short v[16];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        int xi = j * 32 + lane;
+        v[j] = xi < bw ? __ldg(row + xi) : (short)-32768;
+    }
+    unsigned int count = 0;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        if (j * 32 >= bw) break;  // uniform per warp
+        int xi = j * 32 + lane;
+        bool cand = xi < bw && v[j] >= threshold;
+        if (xi < bw && !cand) orow[xi] = 0;
+        count = warp_append(list, count, cand, (unsigned short)xi, lane);
+    }
+    __syncwarp();
+    return count;
+}
+
 // Labels with warp-level compaction: candidates (HU >= threshold) are a few per cent of the
 // box, so with one thread per voxel nearly every warp ran the 8*K-gather path for one or two
 // lanes. Here each warp scans 256 consecutive box voxels (coalesced HU loads, zeros written
@@ -411,22 +438,7 @@ extern "C" __global__ void __launch_bounds__(256) fine_to_native_rows(const shor
     if (yi >= bh) return;  // uniform per warp
     const short* row = hu + ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + bx0;
     unsigned char* orow = out + ((u64)zi * bh + yi) * bw;
-    short v[16];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        int xi = j * 32 + lane;
-        v[j] = xi < bw ? __ldg(row + xi) : (short)-32768;
-    }
-    unsigned int count = 0;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        if (j * 32 >= bw) break;  // uniform per warp
-        int xi = j * 32 + lane;
-        bool cand = xi < bw && v[j] >= threshold;
-        if (xi < bw && !cand) orow[xi] = 0;
-        count = warp_append(list[warp], count, cand, (unsigned short)xi, lane);
-    }
-    __syncwarp();
+    unsigned int count = scan_row(row, bw, threshold, orow, list[warp], lane);
     for (unsigned int i = lane; i < count; i += 32) {
         int xi = list[warp][i];
         orow[xi] = label_at(ntaps, probs, k, d, h, w, bd, bh, zi, yi, xi);
@@ -456,22 +468,7 @@ extern "C" __global__ void __launch_bounds__(256) mask_scan(const short* __restr
     const short* row = hu + ((u64)(bz0 + zi) * nh + (by0 + yi)) * nw + bx0;
     unsigned int rbase = ((unsigned int)zi * bh + yi) * bw;
     unsigned char* orow = out + rbase;
-    short v[16];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        int xi = j * 32 + lane;
-        v[j] = xi < bw ? __ldg(row + xi) : (short)-32768;
-    }
-    unsigned int n = 0;
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        if (j * 32 >= bw) break;  // uniform per warp
-        int xi = j * 32 + lane;
-        bool cand = xi < bw && v[j] >= threshold;
-        if (xi < bw && !cand) orow[xi] = 0;
-        n = warp_append(list[warp], n, cand, (unsigned short)xi, lane);
-    }
-    __syncwarp();
+    unsigned int n = scan_row(row, bw, threshold, orow, list[warp], lane);
     if (n == 0) return;  // uniform per warp
     unsigned int base = 0;
     if (lane == 0) base = atomicAdd(count, n);

@@ -283,6 +283,18 @@ fn elementwise_cfg(n: usize) -> LaunchConfig {
     }
 }
 
+/// The resident HU volume and the uploaded class probabilities the mask kernels read.
+fn mask_inputs<'a>(
+    hu: &'a buffers::DeviceBuf<i16>,
+    probs: &'a buffers::DeviceBuf<f32>,
+) -> Result<(&'a CudaSlice<i16>, &'a CudaSlice<f32>), GpuError> {
+    let hu = hu.get().ok_or(GpuError::NoVolume)?;
+    let probs = probs.get().ok_or_else(|| {
+        GpuError::Input("no class probabilities uploaded (upload_probs first)".into())
+    })?;
+    Ok((hu, probs))
+}
+
 /// One thread per voxel of `slices` slices of `per_slice` voxels (slice = blockIdx.y).
 fn slab_cfg(per_slice: usize, slices: usize) -> Result<LaunchConfig, GpuError> {
     if per_slice >= u32::MAX as usize || slices > 65_535 {
@@ -904,10 +916,7 @@ impl GpuPreprocessor {
         guarded("mask", || {
             let tap_buf = pool.mask_taps.load(stream, taps).during("tap upload")?;
             let out = pool.mask.ensure(stream, n).during("device alloc")?;
-            let hu = pool.hu.get().ok_or(GpuError::NoVolume)?;
-            let probs = pool.probs.get().ok_or_else(|| {
-                GpuError::Input("no class probabilities uploaded (upload_probs first)".into())
-            })?;
+            let (hu, probs) = mask_inputs(&pool.hu, &pool.probs)?;
             let (nh, nw) = (dims[1] as i32, dims[2] as i32);
             let (ki, di, hi, wi) = (k as i32, d as i32, h as i32, w as i32);
             let thr: i16 = CANDIDATE_HU;
@@ -961,10 +970,7 @@ impl GpuPreprocessor {
             let cands = pool.mask_cands.ensure(stream, n).during("device alloc")?;
             let count = pool.mask_count.ensure(stream, 1).during("device alloc")?;
             stream.memset_zeros(&mut *count).during("count reset")?;
-            let hu = pool.hu.get().ok_or(GpuError::NoVolume)?;
-            let probs = pool.probs.get().ok_or_else(|| {
-                GpuError::Input("no class probabilities uploaded (upload_probs first)".into())
-            })?;
+            let (hu, probs) = mask_inputs(&pool.hu, &pool.probs)?;
             let (nh, nw) = (dims[1] as i32, dims[2] as i32);
             let (ki, di, hi, wi) = (k as i32, d as i32, h as i32, w as i32);
             let thr: i16 = CANDIDATE_HU;
