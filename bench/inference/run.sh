@@ -20,10 +20,12 @@ ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib)}"
 export ORT_DYLIB_PATH
 python3 -c 'import torch, onnx2torch' 2>/dev/null || python3 -m pip install --quiet torch onnx2torch
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); threads $THREADS; $RUNS runs each"
+# The committed segmenter's class count (1.4.0 has six), for the probe's output check.
+LABELS=$(python3 -c 'import tomllib; m = tomllib.load(open("models/manifest.toml", "rb")); print(len(next(e for e in m["model"] if e["role"] == "calcium")["labels"]))')
 declare -A med
 for engine in tract ort; do
   for prec in fp32 int8; do
-    line=$("$PROBE" "models/calcium_$prec.onnx" 4 64 192 192 --engine $engine --threads "$THREADS" --runs "$RUNS" | grep 'timed runs')
+    line=$("$PROBE" "models/calcium_$prec.onnx" 4 64 192 192 --engine $engine --threads "$THREADS" --labels "$LABELS" --runs "$RUNS" | grep 'timed runs')
     med[$engine/$prec]=$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$line")
     echo "cacd $engine/$prec: $line"
   done
@@ -53,8 +55,9 @@ ms.sort()
 print(f"timed runs: {runs}, median {ms[runs // 2]:.1f} ms, min {ms[0]:.1f} ms, max {ms[-1]:.1f} ms (torch {torch.__version__})")
 PY
 }
-# cacd's ONNX Runtime on the graph as exported, for the before/after of the rewrite.
-line=$("$PROBE" "$EXPORTED" 4 64 192 192 --engine ort --threads "$THREADS" --runs "$RUNS" | grep 'timed runs')
+# cacd's ONNX Runtime on the graph as exported, for the before/after of the rewrite (1.2.0's
+# weights: five classes).
+line=$("$PROBE" "$EXPORTED" 4 64 192 192 --engine ort --threads "$THREADS" --labels 5 --runs "$RUNS" | grep 'timed runs')
 ort_exported=$(sed -E 's/.*median ([0-9.]+) ms.*/\1/' <<<"$line")
 echo "cacd ort/fp32, graph as exported: $line"
 torch_line=$(torch_run models/calcium_fp32.onnx)
