@@ -147,9 +147,11 @@ if [ -n "$NCU" ]; then
   BENCH_ARGS=("$BIN/cacd-gpu-bench" --reps 1 --cpu-reps 1 --phantom 424242 --timing queued)
   # 4 launches per measurement (3 warm-ups, 1 rep), kernel sets in GatherKernels::ALL order:
   # resample_input: Baseline coarse, Baseline fine, Mixed coarse, TwoPass coarse; resample_input_x4: WarpChunks
-  # coarse, fine, WarpRows coarse, fine, Mixed fine, TwoPass fine; mask_scan, mask_label: TwoPass.
+  # coarse, fine, WarpRows coarse, fine, Mixed fine, TwoPass fine; fine_to_native_rows: WarpRows,
+  # Mixed; mask_scan, mask_label: TwoPass.
   step "profile coarse" 40 "$NCU" --kernel-name resample_input --launch-skip 9 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
   step "profile fine" 40 "$NCU" --kernel-name resample_input_x4 --launch-skip 17 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
+  step "profile mask" 40 "$NCU" --kernel-name fine_to_native_rows --launch-skip 5 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
   step "profile mask scan" 40 "$NCU" --kernel-name mask_scan --launch-skip 1 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
   step "profile mask label" 40 "$NCU" --kernel-name mask_label --launch-skip 1 "${NCU_ARGS[@]}" "${BENCH_ARGS[@]}"
 else
