@@ -20,30 +20,32 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    fsync_dir(dir)
 }
 
-/// `create_dir_all`, then fsync the parent of every directory it created: the new entries
-/// must survive a power cut as surely as the files later written (and fsynced) inside them.
-pub fn create_dir_all_durable(dir: &Path) -> std::io::Result<()> {
-    let mut created = Vec::new();
-    let mut p = dir;
-    while !p.as_os_str().is_empty() && !p.exists() {
-        created.push(p);
-        match p.parent() {
-            Some(parent) => p = parent,
-            None => break,
-        }
+/// `create_dir_all` that also fsyncs each parent whose entry it created: the new entries must
+/// survive a power cut as surely as the files later written (and fsynced) inside them.
+pub fn create_dir_durable(dir: &Path) -> std::io::Result<()> {
+    if dir.as_os_str().is_empty() || dir.is_dir() {
+        return Ok(());
     }
-    std::fs::create_dir_all(dir)?;
-    for d in created {
-        let parent = match d.parent() {
-            Some(q) if !q.as_os_str().is_empty() => q,
-            _ => Path::new("."),
-        };
-        std::fs::File::open(parent)?.sync_all()?;
+    if let Some(parent) = dir.parent() {
+        create_dir_durable(parent)?;
     }
-    Ok(())
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => fsync_dir(parent),
+        _ => fsync_dir(Path::new(".")),
+    }
+}
+
+/// Makes a directory's entries (a rename, a new file) durable.
+pub fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -54,11 +56,11 @@ mod tests {
     fn durable_dir_creation_makes_every_level_and_tolerates_existing_ones() {
         let tmp = tempfile::tempdir().unwrap();
         let deep = tmp.path().join("a").join("b").join("c");
-        create_dir_all_durable(&deep).unwrap();
+        create_dir_durable(&deep).unwrap();
         assert!(deep.is_dir());
         // Again, and one level more: nothing to create at the existing levels.
-        create_dir_all_durable(&deep).unwrap();
-        create_dir_all_durable(&deep.join("d")).unwrap();
+        create_dir_durable(&deep).unwrap();
+        create_dir_durable(&deep.join("d")).unwrap();
         assert!(deep.join("d").is_dir());
         write_atomic(&deep.join("d").join("f"), b"x").unwrap();
         assert_eq!(std::fs::read(deep.join("d").join("f")).unwrap(), b"x");

@@ -300,7 +300,7 @@ pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, Pipe
         let path = path.display().to_string();
         move |source| PipelineError::Write { path, source }
     };
-    crate::fsutil::create_dir_all_durable(dir).map_err(werr(dir))?;
+    crate::fsutil::create_dir_durable(dir).map_err(werr(dir))?;
     let mut dicom = Vec::new();
     if let Outcome::Scored(s) = outcome {
         let mut objects = vec![

@@ -14,6 +14,8 @@ use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
 use sha2::{Digest, Sha256};
 
+use crate::fsutil;
+
 /// CT Image Storage and Enhanced CT Image Storage: the only SOP classes we take.
 pub const CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2";
 pub const ENHANCED_CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
@@ -207,14 +209,10 @@ impl Store {
             uid_hash(&staged.study_uid),
             uid_hash(&staged.series_uid)
         ));
-        let redact = |e: StoreError| match e {
-            StoreError::Io { source, .. } => io(&label)(source),
-            other => other,
-        };
-        create_dir_durable(&dir).map_err(redact)?;
+        fsutil::create_dir_durable(&dir).map_err(io(&label))?;
         let dest = dir.join(format!("{}.dcm", sanitize_uid(&staged.sop_instance_uid)));
         fs::rename(&staged.tmp, &dest).map_err(io(&label))?;
-        fsync_dir(&dir).map_err(redact)?;
+        fsutil::fsync_dir(&dir).map_err(io(&label))?;
         Ok(dest)
     }
 
@@ -360,43 +358,6 @@ fn check_instance(
     let study = get(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
     let series = get(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
     Ok((study, series))
-}
-
-/// `create_dir_all` that also fsyncs each parent whose entry it created.
-pub fn create_dir_durable(dir: &Path) -> Result<(), StoreError> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    if let Some(parent) = dir.parent() {
-        create_dir_durable(parent)?;
-    }
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
-        Err(e) => return Err(io(dir)(e)),
-    }
-    if let Some(parent) = dir.parent() {
-        fsync_dir(parent)?;
-    }
-    Ok(())
-}
-
-/// Makes a directory's entries (a rename, a new file) durable.
-pub fn fsync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
-}
-
-/// Writes `bytes` to `path` durably: temp file, fsync, rename, fsync of the directory.
-pub fn write_durable(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    create_dir_durable(dir)?;
-    let tmp = path.with_extension("part");
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io(path))?;
-    fsync_dir(dir)
 }
 
 /// The `.dcm` files of one series folder, sorted by name.
