@@ -480,6 +480,15 @@ fn record_latencies(monitor: &Monitor, result_json: &std::path::Path, total: Dur
     }
 }
 
+/// What one delivery attempt does to the queue.
+enum Update {
+    /// It reached the peer (or failed to): recorded against the delivery.
+    Attempt(Attempt),
+    /// A result file was missing or unreadable, so nothing was sent: the series is scored
+    /// again from its stored instances (same version, so the same result UIDs).
+    Rescore(String),
+}
+
 async fn forward_loop(
     cfg: Arc<Config>,
     queue: Queue,
@@ -514,50 +523,37 @@ async fn forward_loop(
             }
             let h = store::uid_hash(&s.series_uid);
             let attempt_no = d.attempts + 1;
-            let attempt = match forward::store_files(&opts, &dest, &s.results).await {
+            let update = match forward::store_files(&opts, &dest, &s.results).await {
                 Ok(()) => {
                     monitor.forward_attempt(&id, true, true, None);
                     info!(stage = "forward", destination = %id, series_hash = %h, version = d.version, attempt = attempt_no, files = s.results.len(), "delivered");
-                    Attempt::Delivered
+                    Update::Attempt(Attempt::Delivered)
                 }
                 Err(SendError::Transient(error)) => {
                     monitor.forward_attempt(&id, false, false, Some(error.clone()));
                     let wait = forward::backoff(initial, max, attempt_no);
                     warn!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, retry_in_s = wait.as_secs_f64(), %error, "delivery failed (transient)");
-                    Attempt::Transient {
+                    Update::Attempt(Attempt::Transient {
                         error,
                         retry_at_ms: now_ms() + wait.as_millis() as u64,
-                    }
+                    })
                 }
                 Err(SendError::Permanent(error)) => {
                     monitor.forward_attempt(&id, false, true, Some(error.clone()));
                     error!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, %error, "delivery failed (permanent); not retrying");
-                    Attempt::Permanent { error }
+                    Update::Attempt(Attempt::Permanent { error })
                 }
                 Err(SendError::ResultMissing(error)) => {
-                    // Nothing reached the peer: not an attempt. Score again from the stored
-                    // instances (same version, so the same result UIDs).
+                    // Nothing reached the peer: not an attempt (see `Update::Rescore`).
                     warn!(stage = "forward", destination = %id, series_hash = %h, version = d.version, %error, "result file missing or unreadable; scoring the series again");
-                    let q = queue.clone();
-                    let (series_uid, version) = (s.series_uid.clone(), d.version);
-                    match tokio::task::spawn_blocking(move || {
-                        q.rescore_missing(&series_uid, version, &error)
-                    })
-                    .await
-                    {
-                        Ok(Ok(Some(state))) => {
-                            info!(stage = "forward", series_hash = %h, ?state, "series state")
-                        }
-                        Ok(Ok(None)) | Err(_) => {}
-                        Ok(Err(e)) => error!(error = %e, "queue write failed; will try again"),
-                    }
-                    continue;
+                    Update::Rescore(error)
                 }
             };
             let q = queue.clone();
             let (series_uid, idc, version) = (s.series_uid.clone(), id.clone(), d.version);
-            match tokio::task::spawn_blocking(move || {
-                q.record_attempt(&series_uid, &idc, version, attempt)
+            match tokio::task::spawn_blocking(move || match update {
+                Update::Attempt(attempt) => q.record_attempt(&series_uid, &idc, version, attempt),
+                Update::Rescore(reason) => q.rescore_missing(&series_uid, version, &reason),
             })
             .await
             {

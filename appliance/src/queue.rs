@@ -155,6 +155,28 @@ pub enum ScoringEnd {
     },
 }
 
+/// Counts one more scoring attempt on the series' current version: back to (or left in)
+/// `scoring` with `retrying(n, max)` as the reason while attempts are left, else `failed` with
+/// `failing(n)`. Returns whether the series failed.
+fn count_scoring_attempt(
+    cur: &mut SeriesRecord,
+    max_attempts: u32,
+    retrying: impl FnOnce(u32, u32) -> String,
+    failing: impl FnOnce(u32) -> String,
+) -> bool {
+    cur.scoring_attempts += 1;
+    let n = cur.scoring_attempts;
+    if n < max_attempts {
+        cur.state = SeriesState::Scoring;
+        cur.reason = Some(retrying(n, max_attempts));
+        false
+    } else {
+        cur.state = SeriesState::Failed;
+        cur.reason = Some(failing(n));
+        true
+    }
+}
+
 /// Handle to the queue; cheap to clone, usable from any thread.
 #[derive(Clone)]
 pub struct Queue {
@@ -465,16 +487,16 @@ impl Queue {
                     cur.reason = Some(reason);
                 }
                 ScoringEnd::Crashed { reason } => {
-                    cur.scoring_attempts += 1;
-                    let n = cur.scoring_attempts;
-                    if n < max_attempts {
-                        cur.reason =
-                            Some(format!("scoring crashed ({n} of {max_attempts}): {reason}"));
+                    let failed = count_scoring_attempt(
+                        &mut cur,
+                        max_attempts,
+                        |n, max| format!("scoring crashed ({n} of {max}): {reason}"),
+                        |n| format!("scoring crashed {n} times; last: {reason}"),
+                    );
+                    if !failed {
                         Self::put_series(series, &mut cur)?;
                         return Ok(false);
                     }
-                    cur.state = SeriesState::Failed;
-                    cur.reason = Some(format!("scoring crashed {n} times; last: {reason}"));
                 }
             }
             Self::put_series(series, &mut cur)?;
@@ -668,19 +690,12 @@ impl Queue {
             if cur.state != SeriesState::Forwarding || cur.version != version {
                 return Ok(None);
             }
-            cur.scoring_attempts += 1;
-            let n = cur.scoring_attempts;
-            if n < max_attempts {
-                cur.state = SeriesState::Scoring;
-                cur.reason = Some(format!(
-                    "result files missing, scoring again ({n} of {max_attempts}): {reason}"
-                ));
-            } else {
-                cur.state = SeriesState::Failed;
-                cur.reason = Some(format!(
-                    "result files missing after {n} scoring attempts; last: {reason}"
-                ));
-            }
+            count_scoring_attempt(
+                &mut cur,
+                max_attempts,
+                |n, max| format!("result files missing, scoring again ({n} of {max}): {reason}"),
+                |n| format!("result files missing after {n} scoring attempts; last: {reason}"),
+            );
             Self::put_series(series, &mut cur)?;
             Ok(Some(cur.state))
         })

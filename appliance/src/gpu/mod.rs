@@ -295,6 +295,17 @@ fn mask_inputs<'a>(
     Ok((hu, probs))
 }
 
+/// The row mask kernels' launch: one warp per box row, BLOCK / 32 rows per block, blockIdx.y
+/// the box slice (the caller checks bw <= MASK_ROW_MAX and bd <= 65 535).
+fn rows_cfg(mbox: &MaskBox) -> LaunchConfig {
+    let warps = kernels::BLOCK as usize / 32;
+    LaunchConfig {
+        grid_dim: (mbox.len[1].div_ceil(warps) as u32, mbox.len[0] as u32, 1),
+        block_dim: (kernels::BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
 /// One thread per voxel of `slices` slices of `per_slice` voxels (slice = blockIdx.y).
 fn slab_cfg(per_slice: usize, slices: usize) -> Result<LaunchConfig, GpuError> {
     if per_slice >= u32::MAX as usize || slices > 65_535 {
@@ -888,13 +899,7 @@ impl GpuPreprocessor {
             matches!(self.gather, GatherKernels::WarpRows | GatherKernels::Mixed) && row_kernels;
         let warps = kernels::BLOCK as usize / 32;
         let (cfg, kernel) = if rows {
-            // One warp per box row, BLOCK / 32 rows per block, blockIdx.y the box slice.
-            let cfg = LaunchConfig {
-                grid_dim: (mbox.len[1].div_ceil(warps) as u32, mbox.len[0] as u32, 1),
-                block_dim: (kernels::BLOCK, 1, 1),
-                shared_mem_bytes: 0,
-            };
-            (cfg, &self.kernels.fine_to_native_rows)
+            (rows_cfg(&mbox), &self.kernels.fine_to_native_rows)
         } else if self.gather == GatherKernels::Baseline || n >= u32::MAX as usize - 4096 {
             // (The compact kernel indexes box voxels and warp bases past the end in 32 bits.)
             let cfg = slab_cfg(mbox.len[1] * mbox.len[2], mbox.len[0])?;
@@ -946,12 +951,7 @@ impl GpuPreprocessor {
     ) -> Result<Option<MaskBox>, GpuError> {
         let [d, h, w] = grid.spec.shape;
         let n = mbox.voxels();
-        let warps = kernels::BLOCK as usize / 32;
-        let scan_cfg = LaunchConfig {
-            grid_dim: (mbox.len[1].div_ceil(warps) as u32, mbox.len[0] as u32, 1),
-            block_dim: (kernels::BLOCK, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let scan_cfg = rows_cfg(&mbox);
         let label_cfg = LaunchConfig {
             grid_dim: (
                 n.div_ceil(kernels::BLOCK as usize)
