@@ -205,6 +205,36 @@ def fsync_rate(files, folder):
     return dt
 
 
+def disk_rates(files, folder):
+    """What the disk itself allows, below any file-per-instance design: (a) its sequential
+    durable bandwidth (the whole study into one file, one fdatasync at the end) and (b) one
+    fdatasync per instance into a preallocated file (a write-ahead log's best case: no file
+    creation, no rename, no directory). Returns seconds for the study, (a) and (b)."""
+    folder.mkdir(parents=True)
+    blobs = [f.read_bytes() for f in files]
+    total = sum(len(b) for b in blobs)
+    seq = folder / "seq"
+    fd = os.open(seq, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    t = time.perf_counter()
+    for b in blobs:
+        os.write(fd, b)
+    os.fdatasync(fd)
+    a = time.perf_counter() - t
+    os.close(fd)
+    log = folder / "log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.posix_fallocate(fd, 0, total)
+    os.fsync(fd)
+    t = time.perf_counter()
+    for b in blobs:
+        os.write(fd, b)
+        os.fdatasync(fd)
+    b_ = time.perf_counter() - t
+    os.close(fd)
+    shutil.rmtree(folder)
+    return a, b_
+
+
 def main():
     work = Path(tempfile.mkdtemp(prefix="cacd-bench-receive.", dir=os.environ.get("BENCH_DIR", "/tmp")))
     try:
@@ -225,6 +255,12 @@ def main():
         fm, flo, fhi = median_range(fs)
         print(f"limit: write+fsync+rename+fsync(dir) per instance: median {n / fm:.0f} instances/s"
               f" (min {n / fhi:.0f}, max {n / flo:.0f}), {size / fm / 1e6:.0f} MB/s")
+        disk = [disk_rates(files, work / f"disk{i}") for i in range(RUNS)]
+        for label, xs in (("disk, sequential, one fdatasync for the study", [d[0] for d in disk]),
+                          ("disk, one fdatasync per instance into a preallocated file", [d[1] for d in disk])):
+            dm, dlo, dhi = median_range(xs)
+            print(f"limit: {label}: median {n / dm:.0f} instances/s (min {n / dhi:.0f}, max {n / dlo:.0f}),"
+                  f" {size / dm / 1e6:.0f} MB/s")
         servers = [Dcmtk("dcmtk-storescp", work, True), Dcmtk("dcmtk-default", work, False),
                    DicomRs("dicom-storescp", work), Cacd("cacd-serve", work)]
         table = []
