@@ -55,6 +55,27 @@ pub enum ModelError {
     Unavailable(&'static str, String),
 }
 
+/// Where a model input read in place lives (see [`InPlaceInput`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// Host memory.
+    Host,
+    /// Memory of CUDA device `device` in the process's primary context (the context cudarc
+    /// and ONNX Runtime's CUDA provider both use).
+    Cuda { device: i32 },
+}
+
+/// A model input the engine reads where it already is, without a copy into a [`Tensor`]: the
+/// GPU preprocessing's output buffer, so that a study's volume does not come back to the host
+/// between preprocessing and inference. The caller owns the memory.
+#[derive(Debug, Clone)]
+pub struct InPlaceInput {
+    pub memory: Memory,
+    /// Address of the first of `shape.iter().product()` f32 values, in row-major order.
+    pub address: u64,
+    pub shape: Vec<usize>,
+}
+
 /// A loaded, verified model ready to run. Implementations are thread-safe so one loaded model
 /// serves every study.
 pub trait Engine: Send + Sync {
@@ -62,6 +83,29 @@ pub trait Engine: Send + Sync {
     fn engine_name(&self) -> &'static str;
     /// Runs the model on one input tensor and returns its one output tensor.
     fn run(&self, input: &Tensor) -> Result<Tensor, ModelError>;
+
+    /// Whether [`Engine::run_in_place`] can read an input in `memory`. ONNX Runtime reads host
+    /// memory in place with any provider and CUDA memory when its first provider is TensorRT
+    /// or CUDA; tract reads only [`Tensor`]s.
+    fn reads_in_place(&self, memory: Memory) -> bool {
+        let _ = memory;
+        false
+    }
+
+    /// Runs the model on an input read where it is (see [`InPlaceInput`]); the output comes
+    /// back as a host [`Tensor`], as from [`Engine::run`].
+    ///
+    /// # Safety
+    /// `input.address` must point to `input.shape.iter().product()` f32 values in
+    /// `input.memory`, valid and left unchanged until this returns, with every write to them
+    /// finished (a CUDA buffer's stream synchronized).
+    unsafe fn run_in_place(&self, input: &InPlaceInput) -> Result<Tensor, ModelError> {
+        let _ = input;
+        Err(ModelError::Run(format!(
+            "engine {} reads only host tensors",
+            self.engine_name()
+        )))
+    }
 }
 
 /// How an engine is set up.
@@ -158,14 +202,19 @@ pub fn load_engine(
     }
 }
 
-/// Checks an input tensor against the shape the manifest promises the model takes.
-pub(crate) fn check_input(input: &Tensor, expected: &[usize; 5]) -> Result<(), ModelError> {
-    if input.shape.as_slice() != expected.as_slice() {
+/// Checks an input shape against the shape the manifest promises the model takes.
+pub(crate) fn check_shape(shape: &[usize], expected: &[usize; 5]) -> Result<(), ModelError> {
+    if shape != expected.as_slice() {
         return Err(ModelError::Run(format!(
-            "input shape {:?} differs from the model's {:?}",
-            input.shape, expected
+            "input shape {shape:?} differs from the model's {expected:?}"
         )));
     }
+    Ok(())
+}
+
+/// Checks an input tensor against the shape the manifest promises the model takes.
+pub(crate) fn check_input(input: &Tensor, expected: &[usize; 5]) -> Result<(), ModelError> {
+    check_shape(&input.shape, expected)?;
     let n: usize = expected.iter().product();
     if input.data.len() != n {
         return Err(ModelError::Run(format!(

@@ -13,13 +13,16 @@ use std::sync::Mutex;
 
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProviderDispatch};
-use ort::session::Session;
-use ort::value::TensorRef;
+use ort::session::{Session, SessionOutputs};
+use ort::value::{TensorRef, TensorRefMut};
 
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 
 use crate::providers::{Plan, Provider};
-use crate::{check_input, Engine, EngineOptions, ModelEntry, ModelError, Tensor};
+use crate::{
+    check_input, check_shape, Engine, EngineOptions, InPlaceInput, Memory, ModelEntry, ModelError,
+    Tensor,
+};
 
 const NAME: &str = "ort-cpu";
 
@@ -347,6 +350,68 @@ impl Engine for OrtEngine {
                 .run(ort::inputs![self.input_name.as_str() => value])
                 .map_err(run_err)?
         };
+        self.output(&outputs)
+    }
+
+    fn reads_in_place(&self, memory: Memory) -> bool {
+        match memory {
+            Memory::Host => true,
+            // The first provider reads CUDA memory in place; the CPU provider would need a
+            // copy to the host first, which the caller's download does better (pinned).
+            Memory::Cuda { .. } => matches!(self.name, "ort-tensorrt" | "ort-cuda"),
+        }
+    }
+
+    /// A plain run on a tensor made over the caller's memory (`TensorRefMut::from_raw` with
+    /// the memory's description): ONNX Runtime hands an input already on the first provider's
+    /// device to it as is, and returns the outputs in host memory. No I/O binding: ort rc.15
+    /// clones a borrowed value on binding (see `run`), which would copy the input it is meant
+    /// to leave in place. With host memory and the CPU provider (CI) this is the same code.
+    unsafe fn run_in_place(&self, input: &InPlaceInput) -> Result<Tensor, ModelError> {
+        check_shape(&input.shape, &self.input_shape)?;
+        if !self.reads_in_place(input.memory) {
+            return Err(ModelError::Run(format!(
+                "engine {} cannot read {:?} memory in place",
+                self.name, input.memory
+            )));
+        }
+        let run_err = |e: ort::Error| ModelError::Run(format!("onnxruntime: {e}"));
+        let info = match input.memory {
+            Memory::Host => MemoryInfo::new(
+                AllocationDevice::CPU,
+                0,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+            Memory::Cuda { device } => MemoryInfo::new(
+                AllocationDevice::CUDA,
+                device,
+                AllocatorType::Device,
+                MemoryType::Default,
+            ),
+        }
+        .map_err(run_err)?;
+        let shape = ort::value::Shape::new(self.input_shape.map(|d| d as i64));
+        // SAFETY: the caller guarantees `address` holds the input's f32 values in `memory`,
+        // valid and unchanged until this returns; the tensor does not outlive this call.
+        let value =
+            unsafe { TensorRefMut::<f32>::from_raw(info, input.address as usize as *mut _, shape) }
+                .map_err(run_err)?;
+        let mut session = self
+            .session
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let outputs = session
+            .run(ort::inputs![self.input_name.as_str() => value])
+            .map_err(run_err)?;
+        self.output(&outputs)
+    }
+}
+
+impl OrtEngine {
+    /// The manifest's output, checked against its shape, as a host tensor.
+    fn output(&self, outputs: &SessionOutputs<'_>) -> Result<Tensor, ModelError> {
+        let run_err = |e: ort::Error| ModelError::Run(format!("onnxruntime: {e}"));
         let out = outputs.get(&self.output_name).ok_or_else(|| {
             ModelError::Run(format!("onnxruntime gave no output {:?}", self.output_name))
         })?;

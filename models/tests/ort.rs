@@ -7,7 +7,9 @@ mod common;
 
 use std::path::PathBuf;
 
-use cacd_models::{load_engine, Engine, EngineKind, EngineOptions, ModelError, Tensor};
+use cacd_models::{
+    load_engine, Engine, EngineKind, EngineOptions, InPlaceInput, Memory, ModelError, Tensor,
+};
 use common::*;
 
 /// tract vs ORT, fp32: both f32 with different summation orders (measured ~1e-7).
@@ -159,6 +161,58 @@ fn missing_library_is_unavailable() {
             );
         }
         Err(e) => panic!("expected Unavailable, got {e}"),
+    }
+}
+
+/// An input read where it lies (`run_in_place`, the path the GPU preprocessing's device buffer
+/// takes with the CUDA and TensorRT providers) gives what a `Tensor` run gives, bit for bit;
+/// here over host memory, the variant CI can run: the same tensor-over-raw-memory code with a
+/// CPU memory description. A wrong shape is refused before anything is read, and CUDA memory
+/// is refused by an engine whose first provider is the CPU (it could not read it in place).
+#[test]
+fn input_read_in_place_gives_what_a_tensor_run_gives() {
+    let Some(lib) = ort_library() else { return };
+    for precision in ["fp32", "int8"] {
+        let (ort, tract) = engines("resize", precision, lib.clone());
+        let (entry, _) = fixture_entry("resize", precision);
+        let input = fixture_input(&entry);
+        let expected = ort.run(&input).unwrap_or_else(|e| panic!("{e}"));
+        assert!(ort.reads_in_place(Memory::Host));
+        assert!(!ort.reads_in_place(Memory::Cuda { device: 0 }));
+        assert!(!tract.reads_in_place(Memory::Host));
+
+        let mut data = input.data.clone();
+        let in_place = InPlaceInput {
+            memory: Memory::Host,
+            address: data.as_mut_ptr() as u64,
+            shape: input.shape.clone(),
+        };
+        // SAFETY: `data` holds the whole input and outlives the call; nothing writes to it.
+        let got = unsafe { ort.run_in_place(&in_place) }.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(got.shape, expected.shape);
+        assert_eq!(
+            got.data, expected.data,
+            "{precision}: in place differs from a tensor run"
+        );
+        assert_eq!(
+            data, input.data,
+            "{precision}: the engine wrote to its input"
+        );
+
+        let mut wrong = in_place.clone();
+        wrong.shape[2] += 1;
+        // SAFETY: refused on the shape before the address is read.
+        let err = unsafe { ort.run_in_place(&wrong) }.unwrap_err();
+        assert!(err.to_string().contains("input shape"), "{err}");
+        let cuda = InPlaceInput {
+            memory: Memory::Cuda { device: 0 },
+            ..in_place.clone()
+        };
+        // SAFETY: refused (the CPU provider cannot read CUDA memory) before the address is read.
+        let err = unsafe { ort.run_in_place(&cuda) }.unwrap_err();
+        assert!(err.to_string().contains("in place"), "{err}");
+        // SAFETY: tract refuses every in-place input without reading it.
+        assert!(unsafe { tract.run_in_place(&in_place) }.is_err());
     }
 }
 

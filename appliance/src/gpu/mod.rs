@@ -22,9 +22,10 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::Instant;
 
-use cacd_models::Tensor;
+use cacd_models::{InPlaceInput, Memory, Tensor};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DriverError, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use ndarray::{Array3, ArrayView3};
@@ -829,15 +830,53 @@ impl GpuPreprocessor {
         })
     }
 
+    /// Where this preprocessor's buffers live (for [`cacd_models::Engine::reads_in_place`]).
+    pub fn memory(&self) -> Memory {
+        Memory::Cuda {
+            device: self.ctx.ordinal() as i32,
+        }
+    }
+
+    /// The model input of `grid` (see [`Self::enqueue_model_input`]) left in the device
+    /// buffer, finished, and described for an engine that reads CUDA memory in place: the
+    /// study's volume does not come back to the host before inference. `vol` must be the
+    /// resident volume. The description is valid until the next model input is queued.
+    pub fn model_input_in_place(
+        &mut self,
+        vol: &Volume,
+        grid: &ModelGrid,
+    ) -> Result<InPlaceInput, GpuError> {
+        self.check_resident(vol)?;
+        self.enqueue_model_input(grid)?;
+        // The engine reads on its own stream: the input must be complete first.
+        self.synchronize()?;
+        let memory = self.memory();
+        let out = self.pool.model.get().ok_or(GpuError::NoVolume)?;
+        // Event tracking is off (one stream), so the guard records nothing.
+        let (address, _no_event) = out.device_ptr(&self.stream);
+        let [d, h, w] = grid.spec.shape;
+        Ok(InPlaceInput {
+            memory,
+            address,
+            shape: vec![1, grid.spec.channels, d, h, w],
+        })
+    }
+
+    /// The model input of `grid` downloaded into a host tensor; `vol` must be the resident
+    /// volume.
+    pub fn model_input_for(&mut self, vol: &Volume, grid: &ModelGrid) -> Result<Tensor, GpuError> {
+        self.check_resident(vol)?;
+        self.model_input(grid)
+    }
+
     /// GPU [`crate::preprocess::coarse_input`]; `vol` must be the resident volume.
     pub fn coarse_input(
         &mut self,
         vol: &Volume,
         spec: &GridSpec,
     ) -> Result<(Tensor, ModelGrid), GpuError> {
-        self.check_resident(vol)?;
         let grid = ModelGrid::centred(vol, spec);
-        Ok((self.model_input(&grid)?, grid))
+        Ok((self.model_input_for(vol, &grid)?, grid))
     }
 
     /// GPU [`crate::preprocess::fine_input`]; `vol` must be the resident volume.
@@ -847,9 +886,8 @@ impl GpuPreprocessor {
         centre_mm: [f64; 3],
         spec: &GridSpec,
     ) -> Result<(Tensor, FineGrid), GpuError> {
-        self.check_resident(vol)?;
         let grid = ModelGrid::at_patient(vol, spec, centre_mm);
-        Ok((self.model_input(&grid)?, grid))
+        Ok((self.model_input_for(vol, &grid)?, grid))
     }
 
     /// Queues upload of the segmenter's output `[1, K, D, H, W]` (checked against `grid` as
