@@ -205,6 +205,25 @@ def fsync_rate(files, folder):
     return dt
 
 
+def timed_writes(path, blobs, each):
+    """Seconds to write `blobs` into one file and make them durable: one fdatasync per blob
+    into space allocated beforehand (`each`), or one for all at the end."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        if each:
+            os.posix_fallocate(fd, 0, sum(len(b) for b in blobs))
+            os.fsync(fd)
+        t = time.perf_counter()
+        for b in blobs:
+            os.write(fd, b)
+            if each:
+                os.fdatasync(fd)
+        os.fdatasync(fd)
+        return time.perf_counter() - t
+    finally:
+        os.close(fd)
+
+
 def disk_rates(files, folder):
     """What the disk itself allows, below any file-per-instance design: (a) its sequential
     durable bandwidth (the whole study into one file, one fdatasync at the end) and (b) one
@@ -212,27 +231,9 @@ def disk_rates(files, folder):
     creation, no rename, no directory). Returns seconds for the study, (a) and (b)."""
     folder.mkdir(parents=True)
     blobs = [f.read_bytes() for f in files]
-    total = sum(len(b) for b in blobs)
-    seq = folder / "seq"
-    fd = os.open(seq, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    t = time.perf_counter()
-    for b in blobs:
-        os.write(fd, b)
-    os.fdatasync(fd)
-    a = time.perf_counter() - t
-    os.close(fd)
-    log = folder / "log"
-    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    os.posix_fallocate(fd, 0, total)
-    os.fsync(fd)
-    t = time.perf_counter()
-    for b in blobs:
-        os.write(fd, b)
-        os.fdatasync(fd)
-    b_ = time.perf_counter() - t
-    os.close(fd)
+    rates = timed_writes(folder / "seq", blobs, False), timed_writes(folder / "log", blobs, True)
     shutil.rmtree(folder)
-    return a, b_
+    return rates
 
 
 def main():
