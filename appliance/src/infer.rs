@@ -386,8 +386,8 @@ impl Segmenter {
 #[cfg(feature = "cuda-base")]
 /// Runs `engine` on the GPU preprocessing's model input for `grid`: read in place on the
 /// device where the engine can (ONNX Runtime whose first provider is TensorRT or CUDA), else
-/// downloaded into a host tensor (tract, the CPU provider). Adds the time spent to `pre` and
-/// `inf`.
+/// downloaded into a host tensor (tract, the CPU provider, or an in-place run that failed).
+/// Adds the time spent to `pre` and `inf`.
 #[cfg(feature = "cuda-base")]
 fn run_on_gpu_input(
     engine: &dyn Engine,
@@ -397,25 +397,33 @@ fn run_on_gpu_input(
     pre: &mut u128,
     inf: &mut u128,
 ) -> Result<cacd_models::Tensor, GpuOr> {
-    let t = Instant::now();
     if engine.reads_in_place(g.memory()) {
+        let t = Instant::now();
         let input = g.model_input_in_place(vol, grid)?;
         *pre += t.elapsed().as_micros();
         let t = Instant::now();
         // SAFETY: `input` describes the finished model input in `g`'s device buffer (its
         // stream synchronized); only the next model input writes that buffer, and `g`, held
         // mutably for this whole study, queues none while the engine runs.
-        let out = unsafe { engine.run_in_place(&input) }.map_err(InferError::from)?;
+        let ran = unsafe { engine.run_in_place(&input) };
         *inf += t.elapsed().as_micros();
-        Ok(out)
-    } else {
-        let input = g.model_input_for(vol, grid)?;
-        *pre += t.elapsed().as_micros();
-        let t = Instant::now();
-        let out = engine.run(&input).map_err(InferError::from)?;
-        *inf += t.elapsed().as_micros();
-        Ok(out)
+        match ran {
+            Ok(out) => return Ok(out),
+            // A provider that turns out not to take device memory as promised costs this
+            // study a download, not its result.
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the engine could not read the model input on the device; downloading it"
+            ),
+        }
     }
+    let t = Instant::now();
+    let input = g.model_input_for(vol, grid)?;
+    *pre += t.elapsed().as_micros();
+    let t = Instant::now();
+    let out = engine.run(&input).map_err(InferError::from)?;
+    *inf += t.elapsed().as_micros();
+    Ok(out)
 }
 
 enum GpuOr {
