@@ -2,9 +2,11 @@
 """Receive throughput: the same DCMTK storescu sending the same 512x512x300 study to
 (a) DCMTK storescp (with Nagle off, its best; its default beside it), (b) dicom-rs's
 dicom-storescp, (c) `cacd serve` (fsync on), over one
-association and over 8 concurrent ones; and the two limits: loopback bandwidth (iperf3) and
-the disk's rate for cacd's durability pattern (write a temp file, fsync, rename, fsync the
-directory) measured with the study's own files.
+association and over 8 concurrent ones, with each receiver's CPU time per instance; and the
+limits: loopback bandwidth (iperf3), the disk's rate for cacd's durability pattern (write a
+temp file, fsync, rename, fsync the directory) from one writer and from 8 at once, and what
+the disk allows below any file-per-instance design (sequential durable bandwidth; one
+fdatasync per instance into a preallocated file), all with the study's own files.
 
 Every server starts on an empty output folder for every run (cacd stores an instance it
 already holds only once, so a resend would measure the duplicate path). Times are storescu's
@@ -75,6 +77,14 @@ class Server:
 
     def ready(self, port):
         pass
+
+    def cpu_seconds(self):
+        """CPU time (user + system) of the receiver so far, its reaped children included
+        (DCMTK's --fork processes)."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # After the command name: utime, stime, cutime, cstime are fields 14-17 of stat(5).
+        return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
     def stop(self):
         self.proc.terminate()
@@ -185,20 +195,28 @@ def loopback_gbytes_per_s():
     return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 8 / 1e9
 
 
-def fsync_rate(files, folder):
-    """cacd's durability pattern per instance, with the study's own bytes: the disk's limit."""
+def fsync_rate(files, folder, writers=1):
+    """cacd's durability pattern per instance, with the study's own bytes: the disk's limit.
+    With `writers` > 1 the study is split among that many threads writing at once (as
+    concurrent associations do; the kernel may join their journal commits)."""
+    from concurrent.futures import ThreadPoolExecutor
     folder.mkdir(parents=True)
     blobs = [f.read_bytes() for f in files]
     dfd = os.open(folder, os.O_RDONLY)
+
+    def store(indices):
+        for i in indices:
+            tmp, final = folder / f".{i}.tmp", folder / f"{i}.dcm"
+            with open(tmp, "wb") as fh:
+                fh.write(blobs[i])
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.rename(tmp, final)
+            os.fsync(dfd)
+
     t = time.perf_counter()
-    for i, b in enumerate(blobs):
-        tmp, final = folder / f".{i}.tmp", folder / f"{i}.dcm"
-        with open(tmp, "wb") as fh:
-            fh.write(b)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.rename(tmp, final)
-        os.fsync(dfd)
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(store, [range(w, len(blobs), writers) for w in range(writers)]))
     dt = time.perf_counter() - t
     os.close(dfd)
     shutil.rmtree(folder)
@@ -252,10 +270,11 @@ def main():
         lm, llo, lhi = median_range(loop)
         print(f"limit: loopback TCP (iperf3, 3 s, 3 runs): median {lm:.2f} GB/s (min {llo:.2f}, max {lhi:.2f})"
               f" = {lm * 1e9 / (size / n):.0f} instances/s of this size")
-        fs = [fsync_rate(files, work / f"fsync{i}") for i in range(RUNS)]
-        fm, flo, fhi = median_range(fs)
-        print(f"limit: write+fsync+rename+fsync(dir) per instance: median {n / fm:.0f} instances/s"
-              f" (min {n / fhi:.0f}, max {n / flo:.0f}), {size / fm / 1e6:.0f} MB/s")
+        for writers in (1, 8):
+            fs = [fsync_rate(files, work / f"fsync{writers}-{i}", writers) for i in range(RUNS)]
+            fm, flo, fhi = median_range(fs)
+            print(f"limit: write+fsync+rename+fsync(dir) per instance, {writers} writer(s): median"
+                  f" {n / fm:.0f} instances/s (min {n / fhi:.0f}, max {n / flo:.0f}), {size / fm / 1e6:.0f} MB/s")
         disk = [disk_rates(files, work / f"disk{i}") for i in range(RUNS)]
         for label, xs in (("disk, sequential, one fdatasync for the study", [d[0] for d in disk]),
                           ("disk, one fdatasync per instance into a preallocated file", [d[1] for d in disk])):
@@ -268,14 +287,18 @@ def main():
         for concurrent in (1, 8):
             chunks = [files[i::concurrent] for i in range(concurrent)]
             times = {s.name: [] for s in servers}
+            cpu = {s.name: [] for s in servers}
             # Interleave servers run by run so a slow period of the machine hits all of them.
             for r in range(RUNS):
                 for s in servers:
                     port = free_port()
                     s.start(port, work / f"{s.name}-{concurrent}-{r}", concurrent)
                     try:
+                        before = s.cpu_seconds()
                         dt = send(port, chunks)
                         got = s.stored()
+                        time.sleep(0.3)  # let --fork children be reaped
+                        cpu[s.name].append(s.cpu_seconds() - before)
                     finally:
                         s.stop()
                     if got != n:
@@ -285,11 +308,14 @@ def main():
             base = statistics.median(times["dcmtk-storescp"])
             for s in servers:
                 m, lo, hi = median_range(times[s.name])
-                table.append((concurrent, s.name, n / m, n / hi, n / lo, size / m / 1e6, base / m))
+                cpu_ms = statistics.median(cpu[s.name]) * 1e3 / n
+                table.append((concurrent, s.name, n / m, n / hi, n / lo, size / m / 1e6, base / m, cpu_ms))
         print()
-        print(f"{'assocs':>6}  {'receiver':<16} {'inst/s median':>13} {'(min-max)':>13} {'MB/s':>7} {'vs DCMTK':>9}")
-        for c, name, ips, lo, hi, mbs, ratio in table:
-            print(f"{c:>6}  {name:<16} {ips:>13.0f} {f'({lo:.0f}-{hi:.0f})':>13} {mbs:>7.0f} {ratio:>8.2f}x")
+        print(f"{'assocs':>6}  {'receiver':<16} {'inst/s median':>13} {'(min-max)':>13} {'MB/s':>7} {'vs DCMTK':>9}"
+              f" {'CPU ms/inst':>12}")
+        for c, name, ips, lo, hi, mbs, ratio, cpu_ms in table:
+            print(f"{c:>6}  {name:<16} {ips:>13.0f} {f'({lo:.0f}-{hi:.0f})':>13} {mbs:>7.0f} {ratio:>8.2f}x"
+                  f" {cpu_ms:>12.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
