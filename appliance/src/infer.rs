@@ -382,8 +382,6 @@ impl Segmenter {
     }
 }
 
-/// A GPU failure (the study is redone on the CPU) or a refusal that would happen on either.
-#[cfg(feature = "cuda-base")]
 /// Runs `engine` on the GPU preprocessing's model input for `grid`: read in place on the
 /// device where the engine can (ONNX Runtime whose first provider is TensorRT or CUDA), else
 /// downloaded into a host tensor (tract, the CPU provider, or an in-place run that failed).
@@ -426,6 +424,8 @@ fn run_on_gpu_input(
     Ok(out)
 }
 
+/// A GPU failure (the study is redone on the CPU) or a refusal that would happen on either.
+#[cfg(feature = "cuda-base")]
 enum GpuOr {
     Gpu(crate::gpu::GpuError),
     Infer(InferError),
