@@ -310,7 +310,6 @@ impl Engine for OrtEngine {
 
     fn run(&self, input: &Tensor) -> Result<Tensor, ModelError> {
         check_input(input, &self.input_shape)?;
-        let run_err = |e: ort::Error| ModelError::Run(format!("onnxruntime: {e}"));
         let value = TensorRef::from_array_view((self.input_shape, input.data.as_slice()))
             .map_err(run_err)?;
         // A panic while another run held the lock leaves the session itself intact.
@@ -333,13 +332,7 @@ impl Engine for OrtEngine {
                 let mut b = session.create_binding().map_err(run_err)?;
                 b.bind_input(self.input_name.as_str(), &owned)
                     .map_err(run_err)?;
-                let host = MemoryInfo::new(
-                    AllocationDevice::CPU,
-                    0,
-                    AllocatorType::Device,
-                    MemoryType::Default,
-                )
-                .map_err(run_err)?;
+                let host = memory_info(Memory::Host)?;
                 b.bind_output_to_device(self.output_name.as_str(), &host)
                     .map_err(run_err)?;
                 b
@@ -375,22 +368,7 @@ impl Engine for OrtEngine {
                 self.name, input.memory
             )));
         }
-        let run_err = |e: ort::Error| ModelError::Run(format!("onnxruntime: {e}"));
-        let info = match input.memory {
-            Memory::Host => MemoryInfo::new(
-                AllocationDevice::CPU,
-                0,
-                AllocatorType::Device,
-                MemoryType::Default,
-            ),
-            Memory::Cuda { device } => MemoryInfo::new(
-                AllocationDevice::CUDA,
-                device,
-                AllocatorType::Device,
-                MemoryType::Default,
-            ),
-        }
-        .map_err(run_err)?;
+        let info = memory_info(input.memory)?;
         let shape = ort::value::Shape::new(self.input_shape.map(|d| d as i64));
         // SAFETY: the caller guarantees `address` holds the input's f32 values in `memory`,
         // valid and unchanged until this returns; the tensor does not outlive this call.
@@ -408,10 +386,22 @@ impl Engine for OrtEngine {
     }
 }
 
+fn run_err(e: ort::Error) -> ModelError {
+    ModelError::Run(format!("onnxruntime: {e}"))
+}
+
+/// ONNX Runtime's description of `memory` (device memory of the CPU or of a CUDA device).
+fn memory_info(memory: Memory) -> Result<MemoryInfo<'static>, ModelError> {
+    let (device, id) = match memory {
+        Memory::Host => (AllocationDevice::CPU, 0),
+        Memory::Cuda { device } => (AllocationDevice::CUDA, device),
+    };
+    MemoryInfo::new(device, id, AllocatorType::Device, MemoryType::Default).map_err(run_err)
+}
+
 impl OrtEngine {
     /// The manifest's output, checked against its shape, as a host tensor.
     fn output(&self, outputs: &SessionOutputs<'_>) -> Result<Tensor, ModelError> {
-        let run_err = |e: ort::Error| ModelError::Run(format!("onnxruntime: {e}"));
         let out = outputs.get(&self.output_name).ok_or_else(|| {
             ModelError::Run(format!("onnxruntime gave no output {:?}", self.output_name))
         })?;
