@@ -270,17 +270,17 @@ def main():
         lm, llo, lhi = median_range(loop)
         print(f"limit: loopback TCP (iperf3, 3 s, 3 runs): median {lm:.2f} GB/s (min {llo:.2f}, max {lhi:.2f})"
               f" = {lm * 1e9 / (size / n):.0f} instances/s of this size")
+        def limit(label, seconds):
+            m, lo, hi = median_range(seconds)
+            print(f"limit: {label}: median {n / m:.0f} instances/s (min {n / hi:.0f}, max {n / lo:.0f}),"
+                  f" {size / m / 1e6:.0f} MB/s")
+
         for writers in (1, 8):
-            fs = [fsync_rate(files, work / f"fsync{writers}-{i}", writers) for i in range(RUNS)]
-            fm, flo, fhi = median_range(fs)
-            print(f"limit: write+fsync+rename+fsync(dir) per instance, {writers} writer(s): median"
-                  f" {n / fm:.0f} instances/s (min {n / fhi:.0f}, max {n / flo:.0f}), {size / fm / 1e6:.0f} MB/s")
+            limit(f"write+fsync+rename+fsync(dir) per instance, {writers} writer(s)",
+                  [fsync_rate(files, work / f"fsync{writers}-{i}", writers) for i in range(RUNS)])
         disk = [disk_rates(files, work / f"disk{i}") for i in range(RUNS)]
-        for label, xs in (("disk, sequential, one fdatasync for the study", [d[0] for d in disk]),
-                          ("disk, one fdatasync per instance into a preallocated file", [d[1] for d in disk])):
-            dm, dlo, dhi = median_range(xs)
-            print(f"limit: {label}: median {n / dm:.0f} instances/s (min {n / dhi:.0f}, max {n / dlo:.0f}),"
-                  f" {size / dm / 1e6:.0f} MB/s")
+        limit("disk, sequential, one fdatasync for the study", [d[0] for d in disk])
+        limit("disk, one fdatasync per instance into a preallocated file", [d[1] for d in disk])
         servers = [Dcmtk("dcmtk-storescp", work, True), Dcmtk("dcmtk-default", work, False),
                    DicomRs("dicom-storescp", work), Cacd("cacd-serve", work)]
         table = []
