@@ -415,3 +415,42 @@ fn dockerfiles_are_multi_stage_non_root_with_health_check() {
         assert!(hc.lines().take(2).any(|l| l.contains("/healthz")), "{name}");
     }
 }
+
+/// JPEG-LS is off in the default build (a fresh machine has no cmake) and on in every build
+/// that ships: both container images and the Yocto recipe's PACKAGECONFIG, Orin included.
+#[test]
+fn every_shipped_build_decodes_jpeg_ls() {
+    let cargo = std::fs::read_to_string(repo().join("appliance/Cargo.toml")).unwrap();
+    let default = cargo
+        .lines()
+        .find(|l| l.starts_with("default = "))
+        .expect("default features");
+    assert!(!default.contains("jpegls"), "{default}");
+    for name in ["Dockerfile", "Dockerfile.gpu"] {
+        let text = std::fs::read_to_string(repo().join("deploy/container").join(name)).unwrap();
+        let build = text
+            .lines()
+            .find(|l| l.contains("cargo build --release"))
+            .unwrap_or_else(|| panic!("{name}: no cargo build"));
+        let features = build
+            .split("--features ")
+            .nth(1)
+            .and_then(|f| f.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{name}: no --features"));
+        assert!(
+            features.split(',').any(|f| f == "jpegls"),
+            "{name}: {build}"
+        );
+    }
+    let recipe =
+        std::fs::read_to_string(repo().join("yocto/meta-cacd/recipes-cacd/cacd/cacd_0.1.0.bb"))
+            .unwrap();
+    let configs: Vec<&str> = recipe
+        .lines()
+        .filter(|l| l.starts_with("PACKAGECONFIG") && l.contains("??="))
+        .collect();
+    assert!(configs.len() >= 2, "{configs:?}");
+    for line in configs {
+        assert!(line.contains("jpegls"), "{line}");
+    }
+}

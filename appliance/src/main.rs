@@ -174,8 +174,10 @@ fn init_logging() {
         }
     }
     let filter = filter();
+    // Colour only for a person at a terminal: `cacd score 2>log` writes plain text.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use cacd_models::{EngineKind, EngineOptions};
 
-use crate::assemble::{self, AssembleError};
+use crate::assemble::{self, Refused};
 use crate::encode::{self, EncodeInput, EncodeOptions, Encoded};
 pub use crate::fsutil::write_atomic;
 use crate::infer::Segmenter;
@@ -153,9 +153,9 @@ impl Pipeline {
     /// refusal comes back as [`Outcome::Rejected`] with a one-line reason.
     pub fn score(&self, inputs: &[PathBuf], result_version: u32) -> Outcome {
         let t = Instant::now();
-        let volume = match assemble::assemble_paths(inputs) {
-            Ok(v) => v,
-            Err(e) => return Outcome::Rejected(rejected_from(&e)),
+        let volume = match assemble::assemble_identified(inputs) {
+            Ok(a) => a.volume,
+            Err(r) => return Outcome::Rejected(rejected_from(&r)),
         };
         let assemble_ms = ms(t);
         self.score_volume(volume, assemble_ms, result_version)
@@ -237,8 +237,12 @@ impl Pipeline {
     }
 }
 
-fn rejected_from(e: &AssembleError) -> ResultJson {
-    ResultJson::rejected("", "", &e.reason())
+fn rejected_from(r: &Refused) -> ResultJson {
+    ResultJson::rejected(
+        &r.study_instance_uid,
+        &r.series_instance_uid,
+        &r.error.reason(),
+    )
 }
 
 /// Image noise (HU) above which result.json warns that faint calcium goes uncounted.

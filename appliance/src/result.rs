@@ -105,9 +105,10 @@ pub struct ResultJson {
     pub cacd_version: String,
 }
 
+/// `x` to `digits` decimals; never -0.0 (a tiny negative rounds to a plain 0).
 fn round(x: f64, digits: i32) -> f64 {
     let f = 10f64.powi(digits);
-    (x * f).round() / f
+    (x * f).round() / f + 0.0
 }
 
 impl ResultJson {

@@ -249,8 +249,13 @@ pub fn score(hu: ArrayView3<i16>, mask: ArrayView3<u8>, spacing: [f64; 3]) -> Sc
         }
     }
 
-    let total: f64 = lesions.iter().map(|l| l.agatston).sum();
-    let volume: f64 = Vessel::ALL.iter().map(|v| per_vessel_volume.get(*v)).sum();
+    // An empty float sum is -0.0 in Rust; a calcium-free study scores 0, never "-0.0".
+    let total: f64 = lesions.iter().map(|l| l.agatston).sum::<f64>() + 0.0;
+    let volume: f64 = Vessel::ALL
+        .iter()
+        .map(|v| per_vessel_volume.get(*v))
+        .sum::<f64>()
+        + 0.0;
     Scores {
         agatston_total: total,
         volume_mm3: volume,

@@ -14,11 +14,14 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 THREADS=${THREADS:-2}
 RUNS=${RUNS:-5}
+. bench/lib.sh
+bench_need_ort
+bench_need_py torch torch
+bench_need_py onnx2torch onnx2torch
+bench_need_py onnx onnx
+command -v git >/dev/null || bench_fail "git is needed (the graph as exported comes from the history)"
 cargo build --release -q -p cacd-models --features onnxruntime --example probe
 PROBE=target/release/examples/probe
-ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib)}"
-export ORT_DYLIB_PATH
-python3 -c 'import torch, onnx2torch' 2>/dev/null || python3 -m pip install --quiet torch onnx2torch
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs); threads $THREADS; $RUNS runs each"
 # The committed segmenter's class count (1.4.0 has six), for the probe's output check.
 LABELS=$(python3 -c 'import tomllib; m = tomllib.load(open("models/manifest.toml", "rb")); print(len(next(e for e in m["model"] if e["role"] == "calcium")["labels"]))')

@@ -6,7 +6,9 @@
 #   bench/latency/run.sh       (RUNS=3 QUIET=2 ENGINES="tract onnxruntime" CASES="1.0x150 2.5x80 1.0x500")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib || true)}"
-export ORT_DYLIB_PATH
-[ -n "${CACD:-}" ] || cargo build --release -q -p cacd --all-features
+. bench/lib.sh
+bench_need_ort
+bench_need_cmd /usr/bin/storescu dcmtk
+bench_need_cmd /usr/bin/storescp dcmtk
+[ -n "${CACD:-}" ] || cargo build --release -q -p cacd --features onnxruntime
 exec python3 bench/latency/bench.py

@@ -5,9 +5,13 @@
 #   bench/receive/run.sh            (RUNS=5, SLICES=300 by default)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-command -v iperf3 >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 dcmtk; }
+. bench/lib.sh
+bench_need_cmd /usr/bin/iperf3 iperf3
+bench_need_cmd /usr/bin/storescu dcmtk
+bench_need_cmd /usr/bin/storescp dcmtk
 if ! command -v dicom-storescp >/dev/null; then
-  cargo install --locked dicom-storescp --version 0.10.1
+  echo "bench: installing dicom-storescp 0.10.1 (cargo install)" >&2
+  cargo install --locked dicom-storescp --version 0.10.1 || bench_fail "cargo install dicom-storescp failed"
 fi
-[ -n "${CACD:-}" ] || cargo build --release -q -p cacd --all-features
+[ -n "${CACD:-}" ] || cargo build --release -q -p cacd --features onnxruntime
 exec python3 bench/receive/bench.py

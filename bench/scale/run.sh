@@ -5,7 +5,7 @@
 #   bench/scale/run.sh        (STUDIES=8 RUNS=3 ENGINE=tract LEVELS="1 2 3 4")
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib || true)}"
-export ORT_DYLIB_PATH
-[ -n "${CACD:-}" ] || cargo build --release -q -p cacd --all-features
+. bench/lib.sh
+bench_need_ort
+[ -n "${CACD:-}" ] || cargo build --release -q -p cacd --features onnxruntime
 exec python3 bench/scale/bench.py

@@ -3,15 +3,22 @@
 # wall time (hyperfine, several runs), per-stage milliseconds (result.json timings_ms) and
 # peak RSS (/usr/bin/time -v). Targets on the 2-core dev machine: <= 10 s wall, <= 1.5 GB RSS.
 #
-#   bench/score-speed/run.sh            (expects target/release/cacd built with --features onnxruntime)
+#   bench/score-speed/run.sh            (builds target/release/cacd with --features onnxruntime;
+#                                        CACD=path times another binary)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CACD=${CACD:-target/release/cacd}
 RUNS=${RUNS:-5}
 work=$(mktemp -d /tmp/cacd-speed.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$(scripts/ort-dylib || true)}"
-export ORT_DYLIB_PATH
+. bench/lib.sh
+bench_need_ort
+bench_need_cmd /usr/bin/hyperfine hyperfine
+bench_need_cmd /usr/bin/time time
+if [ "$CACD" = target/release/cacd ]; then
+  cargo build --release -q -p cacd --features onnxruntime
+fi
+[ -x "$CACD" ] || bench_fail "no cacd binary at $CACD"
 "$CACD" phantom --out "$work/study" --seed 100777 --burden moderate --thickness 1.0 --slices 120 >/dev/null
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(free -g | awk '/Mem:/{print $2}') GiB"
 echo "study: 512x512x120, 1.0 mm, $(du -sh "$work/study" | cut -f1)"

@@ -126,6 +126,30 @@ pub enum AssembleError {
 }
 
 impl AssembleError {
+    /// The series the refusal names, when it names one.
+    pub fn series_uid(&self) -> Option<&str> {
+        use AssembleError::*;
+        match self {
+            Input { .. } | NoDicom { .. } => None,
+            NotCt { series_uid, .. }
+            | UnsupportedSopClass { series_uid, .. }
+            | NotOriginal { series_uid, .. }
+            | Localizer { series_uid }
+            | NotAxial { series_uid, .. }
+            | SpacingTooLarge { series_uid, .. }
+            | TooFewSlices { series_uid, .. }
+            | GantryTilt { series_uid, .. }
+            | ShearedStack { series_uid, .. }
+            | IrregularSpacing { series_uid, .. }
+            | DuplicatePosition { series_uid, .. }
+            | InconsistentGeometry { series_uid, .. }
+            | BadHeader { series_uid, .. }
+            | TooLarge { series_uid, .. }
+            | Undecodable { series_uid, .. }
+            | TruncatedPixelData { series_uid, .. } => Some(series_uid),
+        }
+    }
+
     /// One line for `result.json` "reason" and the command line.
     pub fn reason(&self) -> String {
         // Messages embed header text; keep it on one line whatever the header held.
@@ -143,6 +167,48 @@ pub struct Assembly {
     pub stats: ScanStats,
 }
 
+/// A refusal with the identity of what was refused, as far as the headers told it: the
+/// refused series and its study (empty when no header named them).
+#[derive(Debug)]
+pub struct Refused {
+    pub error: AssembleError,
+    pub study_instance_uid: String,
+    pub series_instance_uid: String,
+}
+
+/// [`assemble_with_stats`], and on refusal the UIDs of the series it refused (for a
+/// `result.json` that says which series was not scored).
+pub fn assemble_identified(inputs: &[PathBuf]) -> Result<Assembly, Refused> {
+    let mut seen: Vec<(String, String)> = Vec::new();
+    assemble_inner(inputs, &mut seen).map_err(|error| {
+        let named = error.series_uid().map(str::to_string);
+        // The named series' study; with no series named, the one study all inputs share.
+        let (study, series) = match named {
+            Some(series) => {
+                let study = seen
+                    .iter()
+                    .find(|(_, s)| *s == series)
+                    .map(|(st, _)| st.clone())
+                    .unwrap_or_default();
+                (study, series)
+            }
+            None => {
+                let mut studies: Vec<&String> = seen.iter().map(|(st, _)| st).collect();
+                studies.dedup();
+                match studies.as_slice() {
+                    [one] => ((*one).clone(), String::new()),
+                    _ => (String::new(), String::new()),
+                }
+            }
+        };
+        Refused {
+            error,
+            study_instance_uid: study,
+            series_instance_uid: series,
+        }
+    })
+}
+
 /// Assemble the one series to score from files and/or folders (recursive), in any order.
 pub fn assemble_paths(inputs: &[PathBuf]) -> Result<Volume, AssembleError> {
     assemble_with_stats(inputs).map(|a| a.volume)
@@ -150,8 +216,25 @@ pub fn assemble_paths(inputs: &[PathBuf]) -> Result<Volume, AssembleError> {
 
 /// [`assemble_paths`], also returning the scan counts (skipped files, repeated instances).
 pub fn assemble_with_stats(inputs: &[PathBuf]) -> Result<Assembly, AssembleError> {
+    assemble_inner(inputs, &mut Vec::new())
+}
+
+/// The assembly; `seen` gets each scanned series' (study, series) UIDs, in order.
+fn assemble_inner(
+    inputs: &[PathBuf],
+    seen: &mut Vec<(String, String)>,
+) -> Result<Assembly, AssembleError> {
     let (files, walk_unreadable) = scan::collect_files(inputs)?;
     let (instances, stats) = scan::scan_headers(&files, walk_unreadable);
+    for inst in &instances {
+        let ids = (
+            inst.meta.study_instance_uid.clone(),
+            inst.series_uid.clone(),
+        );
+        if seen.last() != Some(&ids) && !seen.contains(&ids) {
+            seen.push(ids);
+        }
+    }
     tracing::info!(
         files = stats.files,
         dicom = stats.instances,

@@ -230,8 +230,14 @@ fn save(o: InMemDicomObject, ts: TransferSyntaxChoice, path: &Path) -> Result<()
         let target = TransferSyntaxRegistry.get(ts.uid()).ok_or_else(|| {
             dicom_err("transfer syntax", format!("{} is not registered", ts.uid()))
         })?;
-        f.transcode(target)
-            .map_err(|e| dicom_err("JPEG-LS encoding (is the jpegls feature on?)", e))?;
+        f.transcode(target).map_err(|e| {
+            let what = if cfg!(feature = "jpegls") {
+                "JPEG-LS encoding"
+            } else {
+                "JPEG-LS encoding (this build has no JPEG-LS codec: build with --features jpegls)"
+            };
+            dicom_err(what, e)
+        })?;
     }
     f.write_to_file(path)
         .map_err(|e| dicom_err(&path.display().to_string(), e))
