@@ -84,6 +84,13 @@ impl Scorer for Pipeline {
             (Outcome::Scored(s), Ok(files)) => ScoringEnd::Scored {
                 results: files,
                 agatston_total: s.result.agatston_total,
+                not_scored: None,
+            },
+            // The PACS gets the SR and summary that say why; the queue keeps the reason.
+            (Outcome::NotScored(n), Ok(files)) => ScoringEnd::Scored {
+                results: files,
+                agatston_total: None,
+                not_scored: n.result.reason,
             },
         }
     }
@@ -438,8 +445,16 @@ fn score_one(
         ScoringEnd::Scored {
             agatston_total,
             results,
+            not_scored: None,
         } => {
             info!(stage = "score", series_hash = %h, version = rec.version, agatston = ?agatston_total, files = results.len(), ms, "scored")
+        }
+        ScoringEnd::Scored {
+            results,
+            not_scored: Some(reason),
+            ..
+        } => {
+            info!(stage = "score", series_hash = %h, version = rec.version, %reason, files = results.len(), ms, "not scored (quality gate)")
         }
         ScoringEnd::Rejected { reason } => {
             info!(stage = "score", series_hash = %h, %reason, ms, "rejected")

@@ -8,6 +8,7 @@
 //! `tests/gpu_parity.rs`); any GPU failure during a study logs a line and redoes that study's
 //! preprocessing on the CPU.
 
+use crate::heart::Heart;
 use crate::preprocess::{self, GridSpec, HeartBox, PreprocessError};
 use crate::refine::{self, Rules};
 use crate::result::ModelInfo;
@@ -270,15 +271,29 @@ impl Segmenter {
         &self.calcium_entry
     }
 
-    /// Segments one study. Refuses with [`InferError::HeartNotFound`] when the locator finds
-    /// no heart.
-    pub fn segment(&self, vol: &Volume) -> Result<Segmentation, InferError> {
+    /// Segments one study whose heart the outline stage found. Refuses with
+    /// [`InferError::HeartNotFound`] when the locator finds no heart.
+    pub fn segment(&self, vol: &Volume, heart: &Heart) -> Result<Segmentation, InferError> {
         let RawSegmentation {
             mut seg,
             probs,
             grid,
-        } = self.segment_raw(vol)?;
+        } = self.segment_raw(vol, heart)?;
         let t = Instant::now();
+        if let Some(d) = std::env::var_os("CACD_DEBUG_DIR") {
+            let _ =
+                ndarray_npy::write_npy(std::path::Path::new(&d).join("raw_mask.npy"), &seg.mask);
+            if let Some(dump) = preprocess::DEBUG_DUMP.get() {
+                let v = dump.lock().unwrap().clone();
+                let arr = ndarray::Array2::from_shape_vec((v.len() / 9, 9), v).unwrap();
+                let _ = ndarray_npy::write_npy(std::path::Path::new(&d).join("probs.npy"), &arr);
+            }
+        }
+        // Calcium outside the heart (plus its margin) is never coronary.
+        let dropped = refine::gate_to_heart(vol, &mut seg.mask, heart);
+        if dropped > 0 {
+            tracing::debug!(voxels = dropped, "labels outside the heart dropped");
+        }
         // A six-class model's non-coronary label is not calcium to score (a five-class model
         // has none: no pass over the whole mask for it).
         if self.calcium_entry.labels.len() > usize::from(NON_CORONARY_CLASS) {
@@ -301,11 +316,14 @@ impl Segmenter {
         Ok(seg)
     }
 
-    fn segment_raw(&self, vol: &Volume) -> Result<RawSegmentation, InferError> {
+    fn segment_raw(&self, vol: &Volume, heart: &Heart) -> Result<RawSegmentation, InferError> {
+        if std::env::var_os("CACD_DEBUG_DIR").is_some() {
+            let _ = preprocess::DEBUG_DUMP.set(std::sync::Mutex::new(Vec::new()));
+        }
         #[cfg(feature = "cuda-base")]
         if let Some(gpu) = &self.gpu {
             let mut g = gpu.lock().unwrap_or_else(|p| p.into_inner());
-            match self.segment_gpu(vol, &mut g) {
+            match self.segment_gpu(vol, heart, &mut g) {
                 Ok(seg) => return Ok(seg),
                 Err(GpuOr::Infer(e)) => return Err(e),
                 Err(GpuOr::Gpu(e)) => {
@@ -313,7 +331,7 @@ impl Segmenter {
                 }
             }
         }
-        self.segment_cpu(vol)
+        self.segment_cpu(vol, heart)
     }
 
     /// [`Segmenter::segment`] with the resampling and mask mapping on the GPU.
@@ -321,6 +339,7 @@ impl Segmenter {
     fn segment_gpu(
         &self,
         vol: &Volume,
+        outline: &Heart,
         g: &mut crate::gpu::GpuPreprocessor,
     ) -> Result<RawSegmentation, GpuOr> {
         let (mut pre, mut inf) = (0u128, 0u128);
@@ -334,6 +353,7 @@ impl Segmenter {
         let t = Instant::now();
         let heart = preprocess::heart_box(&heart_prob, &coarse_grid, vol)
             .map_err(InferError::from)?
+            .map(|b| crop_centre(b, outline))
             .ok_or(InferError::HeartNotFound)?;
         pre += t.elapsed().as_micros();
         let fine_grid = preprocess::ModelGrid::at_patient(vol, &self.calcium_grid, heart.centre_mm);
@@ -349,7 +369,7 @@ impl Segmenter {
     }
 
     /// [`Segmenter::segment`] on the CPU (the reference path).
-    fn segment_cpu(&self, vol: &Volume) -> Result<RawSegmentation, InferError> {
+    fn segment_cpu(&self, vol: &Volume, outline: &Heart) -> Result<RawSegmentation, InferError> {
         let (mut pre, mut inf) = (0u128, 0u128);
 
         let t = Instant::now();
@@ -363,6 +383,7 @@ impl Segmenter {
 
         let t = Instant::now();
         let heart = preprocess::heart_box(&heart_prob, &coarse_grid, vol)?
+            .map(|b| crop_centre(b, outline))
             .ok_or(InferError::HeartNotFound)?;
         let (fine, fine_grid) = preprocess::fine_input(vol, heart.centre_mm, &self.calcium_grid);
         pre += t.elapsed().as_micros();
@@ -443,6 +464,26 @@ impl From<InferError> for GpuOr {
     fn from(e: InferError) -> Self {
         GpuOr::Infer(e)
     }
+}
+
+/// How far the locator's heart may lie from the outline's before the outline's centre is used.
+const LOCATOR_AGREES_MM: f64 = 40.0;
+
+/// The locator's box, centred on the outline instead when the two disagree by more than
+/// [`LOCATOR_AGREES_MM`] (the locator learnt phantom anatomy; the outline follows the lungs).
+fn crop_centre(mut b: HeartBox, outline: &Heart) -> HeartBox {
+    let d: f64 = (0..3)
+        .map(|a| (b.centre_mm[a] - outline.centre_mm[a]).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    if d > LOCATOR_AGREES_MM {
+        tracing::info!(
+            distance_mm = d.round(),
+            "heart locator and outline disagree: crop centred on the outline"
+        );
+        b.centre_mm = outline.centre_mm;
+    }
+    b
 }
 
 fn check_shape(t: &cacd_models::Tensor, e: &ModelEntry) -> Result<(), InferError> {

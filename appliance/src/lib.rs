@@ -14,9 +14,11 @@ pub mod dimse;
 pub mod encode;
 pub mod forward;
 pub mod fsutil;
+pub mod gate;
 #[cfg(feature = "cuda-base")]
 pub mod gpu;
 pub mod health;
+pub mod heart;
 pub mod housekeeping;
 pub mod infer;
 pub mod lengths;

@@ -14,9 +14,10 @@ use crate::encode::{self, EncodeInput, EncodeOptions, Encoded};
 pub use crate::fsutil::write_atomic;
 use crate::infer::Segmenter;
 use crate::refine;
-use crate::result::{ModelInfo, Quality, ResultJson, Timings};
+use crate::result::{HeartFacts, ModelInfo, Quality, ResultJson, Timings};
 use crate::score::{self, Scores};
 use crate::volume::Volume;
+use crate::{gate, heart};
 
 /// How to run the models.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -96,11 +97,21 @@ pub struct Scored {
     pub encoded: Encoded,
 }
 
-/// What became of one study. (A rejection is small and a scored study boxed; the size
+/// A study the quality gate refused: result.json says why, and an SR and a summary image
+/// say so to the PACS (no SEG, no score).
+pub struct NotScored {
+    pub result: ResultJson,
+    pub encoded: Encoded,
+}
+
+/// What became of one study. (A rejection is small and the others boxed; the size
 /// difference left is a `ResultJson`, not worth another allocation.)
 #[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     Scored(Box<Scored>),
+    /// Refused by the quality gate (contrast, coverage): results say so, without a score.
+    NotScored(Box<NotScored>),
+    /// Refused before there was a volume (not CT, too thick, gaps...): result.json only.
     Rejected(ResultJson),
 }
 
@@ -108,6 +119,7 @@ impl Outcome {
     pub fn result(&self) -> &ResultJson {
         match self {
             Outcome::Scored(s) => &s.result,
+            Outcome::NotScored(n) => &n.result,
             Outcome::Rejected(r) => r,
         }
     }
@@ -164,7 +176,29 @@ impl Pipeline {
     /// The stages after assembly, for callers that already hold a `Volume`.
     pub fn score_volume(&self, volume: Volume, assemble_ms: u64, result_version: u32) -> Outcome {
         let meta = volume.meta.clone();
-        let seg = match self.segmenter.segment(&volume) {
+        let t = Instant::now();
+        let heart = heart::outline(&volume);
+        let verdict = gate::check(&volume, &heart);
+        let heart_ms = ms(t);
+        if let Some((code, reason)) = &verdict.refusal {
+            tracing::info!(code = code.code(), "quality gate: not scored");
+            return self.not_scored(
+                volume,
+                heart.as_ref().ok(),
+                &verdict,
+                (*code, reason),
+                Timings {
+                    assemble: assemble_ms,
+                    preprocess: heart_ms,
+                    ..Timings::default()
+                },
+                result_version,
+            );
+        }
+        let Ok(heart) = heart else {
+            unreachable!("the gate refuses every study without a heart")
+        };
+        let seg = match self.segmenter.segment(&volume, &heart) {
             Ok(s) => s,
             Err(e) => {
                 return Outcome::Rejected(ResultJson::rejected(
@@ -188,7 +222,9 @@ impl Pipeline {
         }
         let score_ms = ms(t);
 
-        let quality = quality_of(&volume, seg.noise_hu, self.segmenter.rules());
+        let mut quality = quality_of(&volume, seg.noise_hu, self.segmenter.rules());
+        quality.warnings.extend(verdict.warnings.iter().cloned());
+        quality.heart = Some(HeartFacts::of(&heart));
         let mut model = self.segmenter.model_info();
         model.preprocessing = Some(seg.preprocess_device.to_string());
 
@@ -200,6 +236,7 @@ impl Pipeline {
             result_version,
             warnings: &quality.warnings,
             options: &self.encode,
+            refusal: None,
         }) {
             Ok(e) => e,
             Err(e) => {
@@ -214,7 +251,7 @@ impl Pipeline {
 
         let timings = Timings {
             assemble: assemble_ms,
-            preprocess: seg.preprocess_ms,
+            preprocess: seg.preprocess_ms + heart_ms,
             infer: seg.infer_ms,
             score: score_ms,
             encode: encode_ms,
@@ -234,6 +271,60 @@ impl Pipeline {
             scores,
             encoded,
         }))
+    }
+}
+
+impl Pipeline {
+    /// The results of a study the quality gate refused: result.json with the reason and its
+    /// code, an SR and a summary image saying "not scored" and why.
+    fn not_scored(
+        &self,
+        volume: Volume,
+        heart: Option<&heart::Heart>,
+        verdict: &gate::Verdict,
+        (code, reason): (gate::Refusal, &str),
+        mut timings: Timings,
+        result_version: u32,
+    ) -> Outcome {
+        let meta = &volume.meta;
+        let mut quality = quality_of(&volume, None, self.segmenter.rules());
+        quality.warnings.extend(verdict.warnings.iter().cloned());
+        quality.heart = heart.map(HeartFacts::of);
+        let mut model = self.segmenter.model_info();
+        model.preprocessing = None;
+        let empty = score::score(
+            volume.hu.slice(ndarray::s![0..0, .., ..]),
+            ndarray::Array3::<u8>::zeros((0, volume.hu.dim().1, volume.hu.dim().2)).view(),
+            volume.geometry.spacing,
+        );
+        let t = Instant::now();
+        let encoded = match encode::encode_all(&EncodeInput {
+            volume: &volume,
+            scores: &empty,
+            model: &model,
+            result_version,
+            warnings: &quality.warnings,
+            options: &self.encode,
+            refusal: Some(reason),
+        }) {
+            Ok(e) => e,
+            Err(e) => {
+                return Outcome::Rejected(ResultJson::rejected(
+                    &meta.study_instance_uid,
+                    &meta.series_instance_uid,
+                    &format!("encoding results failed: {e}"),
+                ))
+            }
+        };
+        timings.encode = ms(t);
+        let mut result =
+            ResultJson::rejected(&meta.study_instance_uid, &meta.series_instance_uid, reason);
+        result.reason_code = Some(code.code().to_string());
+        result.quality = quality;
+        result.model = Some(model);
+        result.timings_ms = timings;
+        result.result_version = result_version;
+        Outcome::NotScored(Box::new(NotScored { result, encoded }))
     }
 }
 
@@ -266,7 +357,8 @@ fn quality_of(volume: &Volume, noise_hu: Option<f64>, rules: &refine::Rules) -> 
             ));
         }
     }
-    if !(2.5 - 1e-6..=3.0 + 1e-6).contains(&spacing) {
+    // Thicker than 3 mm is the quality gate's warning.
+    if spacing < 2.5 - 1e-6 {
         warnings.push(format!(
             "slice spacing {spacing:.2} mm differs from the 2.5–3 mm the Agatston reference populations used"
         ));
@@ -292,11 +384,13 @@ fn quality_of(volume: &Volume, noise_hu: Option<f64>, rules: &refine::Rules) -> 
         kvp: volume.meta.kvp,
         noise_hu: noise_hu.map(|n| (n * 10.0).round() / 10.0),
         warnings,
+        heart: None,
     }
 }
 
 /// Writes `result.json` and, for a scored series, `seg.dcm` (when there is calcium),
-/// `sr.dcm` and `summary.dcm` into `dir`. Returns the DICOM files written (what a
+/// `sr.dcm` and `summary.dcm` into `dir` (for a series the quality gate refused, the SR and
+/// summary that say so). Returns the DICOM files written (what a
 /// forwarder sends). Each file goes to a temp name, is fsynced and renamed; new folders are
 /// fsynced into their parents.
 pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, PipelineError> {
@@ -306,13 +400,18 @@ pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, Pipe
     };
     crate::fsutil::create_dir_durable(dir).map_err(werr(dir))?;
     let mut dicom = Vec::new();
-    if let Outcome::Scored(s) = outcome {
-        let mut objects = vec![
-            ("sr.dcm", &s.encoded.sr),
-            ("summary.dcm", &s.encoded.summary),
-        ];
-        if let Some(seg) = &s.encoded.seg {
+    let encoded = match outcome {
+        Outcome::Scored(s) => Some(&s.encoded),
+        Outcome::NotScored(n) => Some(&n.encoded),
+        Outcome::Rejected(_) => None,
+    };
+    if let Some(encoded) = encoded {
+        let mut objects = vec![("sr.dcm", &encoded.sr), ("summary.dcm", &encoded.summary)];
+        if let Some(seg) = &encoded.seg {
             objects.insert(0, ("seg.dcm", seg));
+        } else {
+            // A re-score without calcium (or refused) must not leave an older SEG beside it.
+            let _ = std::fs::remove_file(dir.join("seg.dcm"));
         }
         for (name, obj) in objects {
             let path = dir.join(name);

@@ -141,6 +141,10 @@ pub enum ScoringEnd {
     Scored {
         results: Vec<PathBuf>,
         agatston_total: Option<f64>,
+        /// Set when the quality gate refused the study: its results (SR, summary) say why
+        /// and carry no score.
+        #[serde(default)]
+        not_scored: Option<String>,
     },
     Rejected {
         reason: String,
@@ -473,10 +477,12 @@ impl Queue {
                 ScoringEnd::Scored {
                     results,
                     agatston_total,
+                    not_scored,
                 } => {
                     cur.state = SeriesState::Scored;
                     cur.results = results;
                     cur.agatston_total = agatston_total;
+                    cur.reason = not_scored;
                 }
                 ScoringEnd::Rejected { reason } => {
                     cur.state = SeriesState::Rejected;
@@ -816,6 +822,7 @@ mod tests {
         let end = ScoringEnd::Scored {
             results: vec![PathBuf::from("a.dcm")],
             agatston_total: Some(12.0),
+            not_scored: None,
         };
         assert!(q.finish_scoring("se", s.generation, end).unwrap());
         let dests = vec!["A".to_string(), "B".to_string()];
@@ -865,6 +872,7 @@ mod tests {
         let end = ScoringEnd::Scored {
             results: vec![],
             agatston_total: None,
+            not_scored: None,
         };
         assert!(!q.finish_scoring("se", s.generation, end.clone()).unwrap());
         assert_eq!(
@@ -898,6 +906,7 @@ mod tests {
         let end = ScoringEnd::Scored {
             results: vec![],
             agatston_total: None,
+            not_scored: None,
         };
         q.finish_scoring("se", s.generation, end).unwrap();
         q.start_forwarding(&["A".into(), "B".into()]).unwrap();
@@ -968,6 +977,7 @@ mod tests {
         let scored = || ScoringEnd::Scored {
             results: vec![PathBuf::from("v1/sr.dcm")],
             agatston_total: Some(12.0),
+            not_scored: None,
         };
         let s = q.start_scoring().unwrap().unwrap();
         q.finish_scoring("se", s.generation, scored()).unwrap();

@@ -15,6 +15,7 @@
 //! benchmark's) and live in the model's manifest, so a retrained model carries its own.
 
 use crate::score::{self, Lesion};
+use crate::volume::Volume;
 use cacd_models::ModelEntry;
 use ndarray::{Array3, ArrayView2, ArrayView3, ArrayViewMut3, Axis};
 use std::collections::HashSet;
@@ -399,4 +400,18 @@ mod tests {
         assert_eq!(kept.lesions.len(), 1);
         assert_eq!(kept.lesions[0].vessel, score::Vessel::LAD);
     }
+}
+
+/// Drops every label of `mask` outside the heart's gate (its outline plus the margin, less the
+/// spine's clearance): calcium there is never coronary. Returns the voxels dropped.
+pub fn gate_to_heart(vol: &Volume, mask: &mut Array3<u8>, heart: &crate::heart::Heart) -> usize {
+    let g = &vol.geometry;
+    let mut dropped = 0;
+    for ((z, y, x), l) in mask.indexed_iter_mut() {
+        if *l != 0 && !heart.in_gate(g.index_to_patient(z as f64, y as f64, x as f64)) {
+            *l = 0;
+            dropped += 1;
+        }
+    }
+    dropped
 }

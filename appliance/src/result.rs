@@ -32,6 +32,37 @@ pub struct Quality {
     #[serde(default)]
     pub noise_hu: Option<f64>,
     pub warnings: Vec<String>,
+    /// The heart as the outline stage found it (absent when none was found or the study was
+    /// refused before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heart: Option<HeartFacts>,
+}
+
+/// What `quality.heart` reports of the outlined heart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeartFacts {
+    /// Volume of the outline (heart within its pericardial sac), ml.
+    pub volume_ml: f64,
+    /// Median HU deep inside the outline: 30–60 without contrast, well above with it.
+    pub blood_pool_hu: f64,
+    /// Height of the outline in the scanned range, mm.
+    pub height_mm: f64,
+    /// The first slice cuts the heart (its lowest part is not in the series).
+    pub cut_below: bool,
+    /// The last slice cuts the heart (its upper part is not in the series).
+    pub cut_above: bool,
+}
+
+impl HeartFacts {
+    pub fn of(h: &crate::heart::Heart) -> Self {
+        HeartFacts {
+            volume_ml: round(h.volume_ml, 0),
+            blood_pool_hu: round(h.blood_pool_hu, 0),
+            height_mm: round(h.coverage.height_mm, 0),
+            cut_below: h.coverage.cut_below.is_some(),
+            cut_above: h.coverage.cut_above.is_some(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -84,6 +115,10 @@ pub struct ResultJson {
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// For a refusal of the quality gate: its code (`contrast_enhanced`, `no_chest`,
+    /// `heart_not_found`, `heart_not_covered`); absent for refusals of the input itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agatston_total: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,6 +163,7 @@ impl ResultJson {
             series_instance_uid: series_instance_uid.to_string(),
             status: "scored".into(),
             reason: None,
+            reason_code: None,
             agatston_total: Some(round(scores.agatston_total, 3)),
             volume_mm3: Some(round(scores.volume_mm3, 3)),
             per_vessel: Some(PerVessel {
@@ -154,6 +190,7 @@ impl ResultJson {
             series_instance_uid: series_instance_uid.to_string(),
             status: "rejected".into(),
             reason: Some(reason.to_string()),
+            reason_code: None,
             agatston_total: None,
             volume_mm3: None,
             per_vessel: None,

@@ -74,6 +74,9 @@ pub struct SeriesMeta {
     pub series_description: Option<String>,
     pub series_number: Option<i32>,
     pub manufacturer: Option<String>,
+    /// ContrastBolusAgent as the header gives it (the quality gate measures the image itself).
+    #[serde(default)]
+    pub contrast_agent: Option<String>,
     /// Patient and study identification, copied into the results' patient/study modules.
     /// Never logged or reported unless configuration says so.
     pub patient_name: Option<String>,

@@ -391,7 +391,7 @@ fn refuses_non_axial() {
 fn refuses_thick_slices_naming_the_best_candidate() {
     let dir = tmp();
     let mut s = Series::new("1.2.3.205");
-    s.spacing[0] = 5.0;
+    s.spacing[0] = 6.0;
     s.write(&dir.path().join("a"));
     let mut scout = Series::new("1.2.3.206");
     scout.image_type = "ORIGINAL\\PRIMARY\\LOCALIZER".into();
@@ -400,7 +400,7 @@ fn refuses_thick_slices_naming_the_best_candidate() {
     assert!(matches!(e, AssembleError::SpacingTooLarge { .. }));
     assert_reason(
         &e,
-        &["no axial ORIGINAL CT series with slice spacing ≤ 3 mm: series 1.2.3.205 has 5.0 mm"],
+        &["no axial ORIGINAL CT series with slice spacing ≤ 5 mm: series 1.2.3.205 has 6.0 mm"],
     );
 }
 

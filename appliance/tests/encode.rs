@@ -152,6 +152,7 @@ fn synthetic(slices: usize, calcium: bool, enhanced: bool) -> Case {
             series_description: Some("Low dose chest 2.5 mm".into()),
             series_number: Some(3),
             manufacturer: Some("Phantom Inc".into()),
+            contrast_agent: None,
             patient_name: Some("Müller^Anna".into()),
             patient_id: Some("PID-0042".into()),
             patient_birth_date: Some("19580312".into()),
@@ -200,6 +201,7 @@ fn encode_case(case: &Case, version: u32, warnings: &[String]) -> Encoded {
         result_version: version,
         warnings,
         options: &options,
+        refusal: None,
     };
     match encode::encode_all(&input) {
         Ok(e) => e,
@@ -637,6 +639,7 @@ fn summary_image_shows_outlines_in_vessel_colours_and_is_saved_as_png() {
             result_version: 1,
             warnings: &warnings,
             options: &options,
+            refusal: None,
         };
         let img = encode::summary::render(&input).unwrap();
         assert_eq!(
@@ -790,6 +793,7 @@ fn dcmtk_renders_the_sr_and_the_summary() {
             result_version: 1,
             warnings: &warnings,
             options: &EncodeOptions::default(),
+            refusal: None,
         })
         .unwrap();
         assert!(

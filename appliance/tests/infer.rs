@@ -47,7 +47,12 @@ struct Run {
 fn run(seg: &Segmenter, spec: &PhantomSpec) -> Run {
     let ph = phantom::generate(spec);
     let t = Instant::now();
-    let s = seg.segment(&ph.volume).expect("heart found");
+    let s = seg
+        .segment(
+            &ph.volume,
+            &cacd::heart::outline(&ph.volume).expect("heart outlined"),
+        )
+        .expect("heart found");
     let ms = t.elapsed().as_millis();
     let sc = score::score(
         ph.volume.hu.view(),
@@ -176,8 +181,18 @@ fn gpu_preprocessing_gives_the_cpu_mask_or_falls_back_to_the_cpu() {
         );
     }
     println!("GPU preprocessing: {}", gpu.preprocessing_device());
-    let a = cpu.segment(&ph.volume).expect("heart found");
-    let b = gpu.segment(&ph.volume).expect("heart found");
+    let a = cpu
+        .segment(
+            &ph.volume,
+            &cacd::heart::outline(&ph.volume).expect("heart outlined"),
+        )
+        .expect("heart found");
+    let b = gpu
+        .segment(
+            &ph.volume,
+            &cacd::heart::outline(&ph.volume).expect("heart outlined"),
+        )
+        .expect("heart found");
     assert_eq!(a.heart.centre_mm, b.heart.centre_mm);
     assert!(a.mask == b.mask, "GPU and CPU masks differ");
 }
@@ -197,7 +212,12 @@ fn six_class_network_scores_vessels_only() {
         .enumerate()
     {
         let ph = phantom::generate(&PhantomSpec::new(95_000 + i as u64, burden));
-        let s = seg.segment(&ph.volume).expect("heart found");
+        let s = seg
+            .segment(
+                &ph.volume,
+                &cacd::heart::outline(&ph.volume).expect("heart outlined"),
+            )
+            .expect("heart found");
         let labels: std::collections::BTreeSet<u8> = s.mask.iter().copied().collect();
         assert!(
             labels.iter().all(|&l| l <= 4),

@@ -3,7 +3,7 @@
 //! 1. [`scan`]: walk the inputs, read headers only (up to Pixel Data), skip non-DICOM files,
 //!    drop repeated SOP instances.
 //! 2. [`select`]: group by Series Instance UID, check every series on its headers (CT, ORIGINAL,
-//!    axial, spacing ≤ 3 mm, no tilt, no gaps, enough slices) and pick the thinnest that passes.
+//!    axial, spacing ≤ 5 mm, no tilt, no gaps, enough slices) and pick the thinnest that passes.
 //! 3. [`decode`]: decode only the chosen series, frame by frame, into one preallocated array.
 
 mod decode;

@@ -347,6 +347,7 @@ fn series_meta(
             .flatten()
             .and_then(|n| i32::try_from(n).ok()),
         manufacturer: text(obj, tags::MANUFACTURER),
+        contrast_agent: text(obj, tags::CONTRAST_BOLUS_AGENT),
         patient_name: text(obj, tags::PATIENT_NAME),
         patient_id: text(obj, tags::PATIENT_ID),
         patient_birth_date: text(obj, tags::PATIENT_BIRTH_DATE),

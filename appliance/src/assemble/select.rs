@@ -12,8 +12,9 @@ use super::scan::{Instance, Rescale};
 use super::{AssembleError, MAX_VOXELS};
 use crate::volume::{Geometry, SeriesMeta};
 
-/// Thickest slice spacing scored (mm), and the slack allowed for rounding in positions.
-pub const MAX_SPACING_MM: f64 = 3.0;
+/// Thickest slice spacing scored (mm), and the slack allowed for rounding in positions. Much
+/// routine chest CT is kept at 5 mm only; above 3 mm the score carries a warning (pipeline).
+pub const MAX_SPACING_MM: f64 = 5.0;
 const SPACING_SLACK_MM: f64 = 0.05;
 /// Fewest slices scored.
 pub const MIN_SLICES: usize = 16;

@@ -159,7 +159,7 @@ pub fn run(args: BatchArgs) -> Result<()> {
                 .with_context(|| format!("writing {}", dir.display()))?;
             match outcome {
                 Outcome::Scored(_) => progress.scored += 1,
-                Outcome::Rejected(_) => progress.rejected += 1,
+                Outcome::Rejected(_) | Outcome::NotScored(_) => progress.rejected += 1,
             }
             // The thumbnail is for the dashboard only: a failure is reported, not fatal
             // (write_index retries it).

@@ -18,6 +18,10 @@ pub struct ScoreArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub engine: EngineArgs,
+    /// Also write the heart outline (the heart stage's mask, 3 mm grid) as NIfTI to FILE, to
+    /// look at beside the study.
+    #[arg(long, value_name = "FILE")]
+    pub heart_mask: Option<PathBuf>,
 }
 
 /// Runs the command; `Ok(false)` means the study was rejected (result.json says why).
@@ -27,11 +31,25 @@ pub fn run(args: ScoreArgs) -> Result<bool> {
     let outcome = pipeline.score(&args.inputs, 1);
     pipeline::write_outcome(&outcome, &args.out)
         .with_context(|| format!("writing results to {}", args.out.display()))?;
+    if let Some(path) = &args.heart_mask {
+        write_heart_mask(&args.inputs, path)?;
+    }
     match &outcome {
         Outcome::Scored(s) => {
             print!("{}", summary(&s.result));
             println!("results: {}", args.out.display());
             Ok(true)
+        }
+        Outcome::NotScored(n) => {
+            eprintln!(
+                "not scored: {}",
+                n.result.reason.as_deref().unwrap_or("no reason given")
+            );
+            println!(
+                "results (SR and summary saying why): {}",
+                args.out.display()
+            );
+            Ok(false)
         }
         Outcome::Rejected(r) => {
             eprintln!(
@@ -39,6 +57,20 @@ pub fn run(args: ScoreArgs) -> Result<bool> {
                 r.reason.as_deref().unwrap_or("no reason given")
             );
             Ok(false)
+        }
+    }
+}
+
+/// Outlines the heart again (the pipeline keeps no copy) and writes it as NIfTI.
+fn write_heart_mask(inputs: &[PathBuf], path: &std::path::Path) -> Result<()> {
+    let volume =
+        crate::assemble::assemble_paths(inputs).context("assembling for the heart mask")?;
+    match crate::heart::outline(&volume) {
+        Ok(h) => std::fs::write(path, h.to_nifti())
+            .with_context(|| format!("writing {}", path.display())),
+        Err(e) => {
+            eprintln!("heart mask: none written ({e})");
+            Ok(())
         }
     }
 }

@@ -61,6 +61,9 @@ pub struct EncodeInput<'a> {
     /// Quality warnings, reported in the SR and on the summary image.
     pub warnings: &'a [String],
     pub options: &'a EncodeOptions,
+    /// Why the study was not scored (the quality gate refused it): the SR and the summary
+    /// say so and carry no score; `scores` is then empty and no SEG is made.
+    pub refusal: Option<&'a str>,
 }
 
 /// The three result objects (`seg` is `None` when there is no calcium).

@@ -16,6 +16,8 @@
 //!     Measurement Group "all coronary arteries" (TID 1501): totals, risk category, CAC-DRS
 //!   CONTAINS Qualitative Evaluations: intended-use banner, quality warnings,
 //!     "No coronary calcium detected; no segmentation created" when there is none
+//! A study the quality gate refused (contrast, coverage) gets no Imaging Measurements: its
+//! Qualitative Evaluations say "Not scored: <reason>".
 //! ```
 //! Risk category, CAC-DRS, lesion count and the notes have no standard concept codes: they are
 //! TEXT/NUM items named with cacd's private scheme 99CACD (declared in
@@ -69,6 +71,8 @@ const UNIT_LESIONS: Code = code("{lesions}", "UCUM", "lesions");
 
 /// The note the SR carries when the study has no calcium.
 pub const NO_CALCIUM_TEXT: &str = "No coronary calcium detected; no segmentation created";
+/// The note that opens the reason of a study the quality gate refused.
+pub const NOT_SCORED_TEXT: &str = "Not scored";
 
 /// Builds the SR data set; `has_seg` says whether a SEG was produced (its segments are then
 /// referenced from the per-vessel measurement groups).
@@ -174,23 +178,32 @@ pub(crate) fn build(
         image_library(input),
     ];
 
-    let segmented = if has_seg {
-        segmented_vessels(input.scores)
-    } else {
-        Vec::new()
-    };
-    let mut groups: Vec<InMemDicomObject> = Vessel::ALL
-        .into_iter()
-        .map(|v| {
-            let segment = segmented.iter().position(|s| *s == v).map(|i| i as u16 + 1);
-            vessel_group(input, ctx, v, segment)
-        })
-        .collect();
-    groups.push(total_group(input, ctx));
-    content.push(container(CONTAINS, IMAGING_MEASUREMENTS, None, groups));
+    // A refused study has no measurements: the report says why instead.
+    if input.refusal.is_none() {
+        let segmented = if has_seg {
+            segmented_vessels(input.scores)
+        } else {
+            Vec::new()
+        };
+        let mut groups: Vec<InMemDicomObject> = Vessel::ALL
+            .into_iter()
+            .map(|v| {
+                let segment = segmented.iter().position(|s| *s == v).map(|i| i as u16 + 1);
+                vessel_group(input, ctx, v, segment)
+            })
+            .collect();
+        groups.push(total_group(input, ctx));
+        content.push(container(CONTAINS, IMAGING_MEASUREMENTS, None, groups));
+    }
 
     let mut notes = vec![text(CONTAINS, codes::BANNER, &options.banner)];
-    if !has_seg {
+    if let Some(reason) = input.refusal {
+        notes.push(text(
+            CONTAINS,
+            codes::RESULT_NOTE,
+            &format!("{NOT_SCORED_TEXT}: {reason}"),
+        ));
+    } else if !has_seg {
         notes.push(text(CONTAINS, codes::RESULT_NOTE, NO_CALCIUM_TEXT));
     }
     notes.extend(

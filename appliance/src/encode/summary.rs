@@ -464,10 +464,42 @@ fn risk_colour(category: &str) -> [u8; 3] {
     }
 }
 
-/// The right-hand column: total, risk, table (the legend), model, warnings.
+/// The right-hand column: total, risk, table (the legend) — or, for a study the quality gate
+/// refused, "not scored" and why — then model, source and warnings.
 fn draw_scores(c: &mut Canvas, input: &EncodeInput, s: &Scores) {
     let x0 = 672.0;
     let x1 = WIDTH as f32 - 14.0;
+    let y = match input.refusal {
+        Some(reason) => draw_refusal(c, reason, x0, x1),
+        None => draw_score_table(c, s, x0, x1),
+    };
+    draw_model_and_warnings(c, input, x0, x1, y);
+}
+
+/// "NOT SCORED" and the reason, wrapped; returns the baseline below it.
+fn draw_refusal(c: &mut Canvas, reason: &str, x0: f32, x1: f32) -> f32 {
+    c.text(Pen::new(true, 13.0, DIM), x0, 112.0, "CORONARY CALCIUM");
+    c.text(Pen::new(true, 40.0, WARN), x0, 160.0, "NOT SCORED");
+    let mut y = 196.0;
+    for line in c.wrap(true, 16.0, reason, x1 - x0).into_iter().take(10) {
+        c.text(Pen::new(true, 16.0, TEXT), x0, y, &line);
+        y += 22.0;
+    }
+    y += 8.0;
+    for line in c.wrap(
+        false,
+        13.0,
+        "No calcium score was computed for this series; no score is sent.",
+        x1 - x0,
+    ) {
+        c.text(Pen::new(false, 13.0, DIM), x0, y, &line);
+        y += 17.0;
+    }
+    y
+}
+
+/// Total, risk, CAC-DRS and the per-artery table; returns the baseline below it.
+fn draw_score_table(c: &mut Canvas, s: &Scores, x0: f32, x1: f32) -> f32 {
     c.text(Pen::new(true, 13.0, DIM), x0, 112.0, "TOTAL AGATSTON SCORE");
     let total_w = c.text(
         Pen::new(true, 46.0, [255, 255, 255]),
@@ -556,7 +588,11 @@ fn draw_scores(c: &mut Canvas, input: &EncodeInput, s: &Scores) {
         y,
         &s.lesions.len().to_string(),
     );
+    y
+}
 
+/// Model, source series and quality warnings, from baseline `y` down.
+fn draw_model_and_warnings(c: &mut Canvas, input: &EncodeInput, x0: f32, x1: f32, mut y: f32) {
     // Model and source.
     let m = input.model;
     let meta = &input.volume.meta;

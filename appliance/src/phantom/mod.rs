@@ -405,6 +405,7 @@ pub fn generate(spec: &PhantomSpec) -> Phantom {
         series_description: Some("Low-dose chest CT (cacd phantom)".into()),
         series_number: Some(2),
         manufacturer: Some("cacd phantom".into()),
+        contrast_agent: None,
         patient_name: Some(format!("PHANTOM^{seed}")),
         patient_id: Some(format!("PH{seed:08}")),
         patient_birth_date: Some(format!("{:04}0101", y - 45 - (seed % 35) as u32)),
