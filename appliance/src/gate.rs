@@ -8,8 +8,9 @@
 //!   not trusted: oral contrast and mislabelled series exist.
 //! * slices: 3–5 mm is scored with a warning (Agatston on thick slices underestimates);
 //!   thicker series never get here (assembly refuses them).
-//! * coverage: no lungs, no heart, or too little of it in the scanned range is refused; a heart
-//!   the first or last slice cuts is scored with a warning naming the end that is missing.
+//! * coverage: no lungs, no heart, too little of it in the scanned range, or a scan ending
+//!   across the heart's upper part (the coronary origins) is refused; a heart reaching the
+//!   first or last slice otherwise is scored with a warning naming that end.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +25,8 @@ pub const THICK_SLICE_MM: f64 = 3.0;
 pub const MIN_HEART_HEIGHT_MM: f64 = 60.0;
 /// A cut where the heart's section is at least this share of its widest is through its middle.
 pub const MIDDLE_CUT_SHARE: f64 = 0.5;
+/// The heart at the first slice with at least this share of its widest section: a warning.
+pub const LOW_END_WARN_SHARE: f64 = 0.02;
 
 /// Why the gate refused a study.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,8 +116,10 @@ pub fn check(volume: &Volume, heart: &Result<Heart, HeartError>) -> Verdict {
     let c = heart.coverage;
     let cut = |share: Option<f64>| share.is_some_and(|s| s >= MIDDLE_CUT_SHARE);
     let covered_mm = c.height_mm;
+    // A scan that ends across the heart's upper part misses the coronary origins: refused.
+    // At the lower end the outline cannot always tell the heart's inferior wall from the
+    // liver dome it rests on (scans often stop just below the heart): a warning only.
     if (c.cut_below.is_some() || c.cut_above.is_some()) && covered_mm < MIN_HEART_HEIGHT_MM
-        || cut(c.cut_below)
         || cut(c.cut_above)
     {
         let which = match (c.cut_below.is_some(), c.cut_above.is_some()) {
@@ -131,10 +136,10 @@ pub fn check(volume: &Volume, heart: &Result<Heart, HeartError>) -> Verdict {
         ));
         return v;
     }
-    if c.cut_below.is_some() {
+    if c.cut_below.is_some_and(|s| s >= LOW_END_WARN_SHARE) {
         v.warnings.push(
-            "the series starts inside the heart: calcium below the first slice (its lowest part) \
-             is not counted"
+            "the heart reaches the first slice: calcium below it (the heart's lowest part), if \
+             any, is not counted"
                 .into(),
         );
     }

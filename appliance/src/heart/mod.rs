@@ -9,15 +9,16 @@
 //! 1. body (largest region above −500 HU, holes filled per slice) and lungs (air inside it);
 //! 2. the mediastinum: per slice, the convex hull of the lungs, less lungs and bone, above
 //!    −300 HU (fat included: the coronaries run in the epicardial fat);
-//! 3. an opening with a 15 mm ball keeps the heart and drops what is narrower: descending
+//! 3. an opening with a 20 mm ball keeps the heart and drops what is narrower: descending
 //!    aorta, oesophagus, fat strips;
-//! 4. a watershed from a seed in the heart (the widest section where both lungs flank it)
+//! 4. a watershed from a seed in the heart — the thickest part of the opened mediastinum at a
+//!    slice both lungs flank (the ventricles; liver dome, great vessels and fat are thinner) —
 //!    against a seed in the abdomen (slices below the lungs) parts heart from liver at the
-//!    diaphragm; below its widest section the heart stays within that section grown by 15 mm
-//!    (the liver dome rises beside it, further out); above, it ends where its section falls
-//!    under 60 % of the widest (the great vessels), plus 12 mm for the aortic root;
-//! 5. nothing within 30 mm of the spine (paravertebral, oesophageal and aortic-wall
-//!    calcification lie there; no coronary does).
+//!    diaphragm (the abdomen's flood may not pass above the seed slice); below its widest
+//!    section the heart stays within that section grown by 15 mm (the liver dome rises
+//!    beside it, further out); above, it ends where its section falls under 60 % of the
+//!    widest's area or 50 % of its width (the great vessels), plus 12 mm for the aortic root;
+//! 5. nothing within 8 mm of the spine (calcification on the front of the vertebral bodies).
 //!
 //! The outline grown by [`MARGIN_MM`] is the gate of the calcium stage: a label outside it is
 //! dropped. The median HU deep inside the outline is the blood pool the quality gate reads
@@ -32,9 +33,9 @@ use crate::volume::Volume;
 /// Grid step of the outline (mm), isotropic, aligned with the patient axes.
 pub const GRID_MM: f64 = 3.0;
 /// Calcium further than this from the outline is never coronary.
-pub const MARGIN_MM: f64 = 6.0;
+pub const MARGIN_MM: f64 = 10.0;
 /// Nothing this close to the spine is heart.
-pub const SPINE_CLEARANCE_MM: f64 = 30.0;
+pub const SPINE_CLEARANCE_MM: f64 = 8.0;
 /// An outline smaller than this is no heart.
 pub const MIN_HEART_ML: f64 = 150.0;
 
@@ -54,13 +55,14 @@ const MIN_LUNGS_ML: f64 = 400.0;
 const MIN_LUNG_SECTION_MM2: f64 = 3000.0;
 const MIN_BONE_ML: f64 = 5.0;
 const MIN_HULL_AREA_MM2: f64 = 1500.0;
-const OPEN_RADIUS_MM: f64 = 15.0;
+const OPEN_RADIUS_MM: f64 = 20.0;
 /// Seed slices: both lungs at least this share of their largest section.
-const FLANKED: f64 = 0.75;
+const FLANKED: f64 = 0.3;
 /// Abdomen slices: lungs under this share of their largest section.
 const ABDOMEN_LUNG_SHARE: f64 = 0.15;
 /// The heart ends above where its section falls under this share of the seed slice's.
 const TOP_SHARE: f64 = 0.6;
+const TOP_WIDTH_SHARE: f64 = 0.5;
 /// Below the widest section the heart grows out of it by at most this.
 const BELOW_GROWTH_MM: f64 = 15.0;
 const TOP_MARGIN_MM: f64 = 12.0;
@@ -435,39 +437,30 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
     // 4. Seeds and watershed.
     // The seed slice: the widest opened section where both lungs flank it, above the lowest
     // quarter of those slices (where the liver dome rises into the hull).
+    // The seed: where the thickest soft-tissue mass between the lungs lies left of the body's
+    // middle (the ventricles; the liver dome, which can be thicker, rises on the right; great
+    // vessels and fat strips are thinner), at a slice both lungs flank.
     let flanked_z: Vec<usize> = (0..dims.d).filter(|&z| flanked[z]).collect();
-    let (f_lo, f_hi) = (
-        flanked_z.first().copied().unwrap_or(0),
-        flanked_z.last().copied().unwrap_or(0),
-    );
-    let f_from = f_lo + (f_hi - f_lo) / 4;
-    let zc = flanked_z
-        .iter()
-        .copied()
-        .filter(|&z| z >= f_from)
-        .max_by_key(|&z| area(&opened, dims, z))
-        .filter(|&z| area(&opened, dims, z) > 0)
+    let outside: Vec<bool> = opened.iter().map(|&b| !b).collect();
+    let depth = ops::distance_to(&outside, dims, s);
+    let (seed, deepest) = (0..dims.len())
+        .filter(|&i| opened[i] && flanked[i / plane] && i % dims.w >= xc)
+        .map(|i| (i, depth[i]))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
         .ok_or(HeartError::NotFound)?;
+    let zc = seed / plane;
     let mut markers = vec![0u8; dims.len()];
-    {
-        let slice = &opened[zc * plane..(zc + 1) * plane];
-        let outside: Vec<bool> = slice.iter().map(|&b| !b).collect();
-        let one = Dims {
-            d: 1,
-            h: dims.h,
-            w: dims.w,
-        };
-        let depth = ops::distance_to(&outside, one, s);
-        let deepest = depth
-            .iter()
-            .zip(slice)
-            .filter(|(_, &b)| b)
-            .map(|(&d, _)| d)
-            .fold(0f32, f32::max);
-        for i in 0..plane {
-            if slice[i] && depth[i] > 0.6 * deepest {
-                markers[zc * plane + i] = 1;
-            }
+    for i in 0..dims.len() {
+        if opened[i] && depth[i] > 0.7 * deepest {
+            markers[i] = 1;
+        }
+    }
+    // Only the part of those cores connected to the seed.
+    let (core_labels, _) = ops::label(&markers.iter().map(|&m| m == 1).collect::<Vec<_>>(), dims);
+    let seed_label = core_labels[seed];
+    for (m, &l) in markers.iter_mut().zip(&core_labels) {
+        if *m == 1 && l != seed_label {
+            *m = 0;
         }
     }
     let mut domain = med.clone();
@@ -486,7 +479,13 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
     }
     let smooth = ops::gaussian(&hu, dims, 1.0);
     let elevation = ops::gradient_magnitude(&smooth, dims);
-    let basins = ops::watershed(&elevation, &markers, &domain, dims);
+    // The abdomen's flood competes with the heart's only below the seed slice (at the
+    // diaphragm): where the heart rests on the liver without a fat plane, it would otherwise
+    // run up into the heart before the heart's own flood got there.
+    let below_seed = zc * plane;
+    let basins = ops::watershed(&elevation, &markers, &domain, dims, |label, i| {
+        label != 2 || i < below_seed
+    });
     let heart: Vec<bool> = (0..dims.len())
         .map(|i| basins[i] == 1 && opened[i])
         .collect();
@@ -494,12 +493,17 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
 
     // Below the seed slice the heart only narrows; above, it ends at the great vessels.
     // The widest section of the watershed's heart among the flanked slices.
-    let zm = flanked_z
-        .iter()
-        .copied()
-        .max_by_key(|&z| area(&heart, dims, z))
-        .filter(|&z| area(&heart, dims, z) > 0)
-        .unwrap_or(zc);
+    // The reference section is the seed's (the ventricles at their thickest): below it the
+    // liver dome can widen the mediastinum, so the widest section may not be the heart's.
+    let zm = if area(&heart, dims, zc) > 0 {
+        zc
+    } else {
+        flanked_z
+            .iter()
+            .copied()
+            .max_by_key(|&z| area(&heart, dims, z))
+            .unwrap_or(zc)
+    };
     // Below it, each section lies within the one above grown by a voxel, and within the
     // widest grown by `BELOW_GROWTH_MM` (the right atrium reaches further right lower down;
     // the liver dome, rising beside the heart, is further out still).
@@ -513,9 +517,29 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
             heart[z * plane + i] &= above[i] && bound[i];
         }
     }
-    let widest = area(&heart, dims, zm) as f64;
+    // Above it the heart ends where its section shrinks to the great vessels: under
+    // `TOP_SHARE` of the widest section's area, or under `TOP_WIDTH_SHARE` of its width from
+    // right to left (a tall, narrow column of mediastinal fat is no heart).
+    let width = |z: usize| {
+        let sl = &heart[z * plane..(z + 1) * plane];
+        let (lo, hi) = sl
+            .iter()
+            .enumerate()
+            .filter(|(_, &b)| b)
+            .map(|(i, _)| i % dims.w)
+            .fold((usize::MAX, 0), |(lo, hi), x| (lo.min(x), hi.max(x)));
+        if lo > hi {
+            0.0
+        } else {
+            (hi - lo + 1) as f64
+        }
+    };
+    let (widest_area, widest) = (area(&heart, dims, zm) as f64, width(zm));
     let mut top = zm;
-    while top + 1 < dims.d && area(&heart, dims, top + 1) as f64 >= TOP_SHARE * widest {
+    while top + 1 < dims.d
+        && area(&heart, dims, top + 1) as f64 >= TOP_SHARE * widest_area
+        && width(top + 1) >= TOP_WIDTH_SHARE * widest
+    {
         top += 1;
     }
     let keep_to = top + (TOP_MARGIN_MM / s).round() as usize;
@@ -590,9 +614,13 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
         .max()
         .unwrap_or(0) as f64;
     let share = |z: usize| area(&heart, dims, z) as f64 / widest.max(1.0);
+    // The heart reaches an end of the scan when it has a section in one of the two layers
+    // (6 mm) next to it: the outline stops a little short of a cut heart.
+    let near_end =
+        |ls: &mut dyn Iterator<Item = usize>| ls.take(2).map(share).fold(0.0f64, f64::max);
     let coverage = Coverage {
-        cut_below: layers.first().map(|&z| share(z)).filter(|&f| f > 0.0),
-        cut_above: layers.last().map(|&z| share(z)).filter(|&f| f > 0.0),
+        cut_below: Some(near_end(&mut layers.iter().copied())).filter(|&f| f > 0.0),
+        cut_above: Some(near_end(&mut layers.iter().rev().copied())).filter(|&f| f > 0.0),
         height_mm: extent_mm[2],
     };
     Ok(Heart {

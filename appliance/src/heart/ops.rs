@@ -395,7 +395,14 @@ pub fn gradient_magnitude(v: &[f32], dims: Dims) -> Vec<f32> {
 
 /// Marker-controlled watershed: every voxel of `domain` reachable from a marker gets the label
 /// of the marker whose flood (in order of rising `elevation`) reaches it first; 0 elsewhere.
-pub fn watershed(elevation: &[f32], markers: &[u8], domain: &[bool], dims: Dims) -> Vec<u8> {
+/// `allowed(label, voxel)` may forbid a label some voxels (its flood stops there).
+pub fn watershed(
+    elevation: &[f32],
+    markers: &[u8],
+    domain: &[bool],
+    dims: Dims,
+    allowed: impl Fn(u8, usize) -> bool,
+) -> Vec<u8> {
     let mut out = vec![0u8; markers.len()];
     // (elevation quantised, insertion order, voxel): ties flood in insertion order (FIFO).
     let mut heap: BinaryHeap<Reverse<(u32, u64, usize)>> = BinaryHeap::new();
@@ -420,8 +427,12 @@ pub fn watershed(elevation: &[f32], markers: &[u8], domain: &[bool], dims: Dims)
         if out[i] != 0 {
             continue;
         }
-        // The label of the first labelled neighbour (the one that flooded here).
-        let Some(l) = dims.neighbours6(i).map(|j| out[j]).find(|&l| l != 0) else {
+        // The label of the first labelled neighbour allowed here (the one that flooded here).
+        let Some(l) = dims
+            .neighbours6(i)
+            .map(|j| out[j])
+            .find(|&l| l != 0 && allowed(l, i))
+        else {
             continue;
         };
         out[i] = l;
@@ -559,7 +570,7 @@ mod tests {
         let mut markers = vec![0u8; 9];
         markers[0] = 1;
         markers[8] = 2;
-        let out = watershed(&elev, &markers, &[true; 9], g);
+        let out = watershed(&elev, &markers, &[true; 9], g, |_, _| true);
         assert_eq!(&out[..4], &[1, 1, 1, 1]);
         assert_eq!(&out[5..], &[2, 2, 2, 2]);
     }

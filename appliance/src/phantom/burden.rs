@@ -26,12 +26,64 @@ pub struct Plaque {
     pub ang: f64,
     /// How far the plaque sits off the centre, as a fraction of the radius.
     pub ecc: f64,
+    /// Dense, confluent calcification along a stretch of the vessel (as heavy disease looks on
+    /// real chest CT: LM and proximal segments calcified round most of their wall, bulging
+    /// past it, up to 1600 HU, touching the aortic root at the ostia), drawn as a chain of
+    /// ellipsoids every [`HEAVY_STEP_MM`] along the centreline.
+    pub heavy: bool,
 }
 
 pub const MIN_LEN: f64 = 1.0;
 pub const MAX_LEN: f64 = 8.0;
+pub const HEAVY_MIN_LEN: f64 = 5.0;
+pub const HEAVY_MAX_LEN: f64 = 32.0;
+const HEAVY_STEP_MM: f64 = 2.0;
 
 impl Plaque {
+    fn len_range(&self) -> (f64, f64) {
+        if self.heavy {
+            (HEAVY_MIN_LEN, HEAVY_MAX_LEN)
+        } else {
+            (MIN_LEN, MAX_LEN)
+        }
+    }
+
+    /// The ellipsoids that draw the plaque: one, or a chain along the vessel for a heavy one.
+    pub fn items(&self, p: &Patient) -> Vec<CalcItem> {
+        if !self.heavy {
+            return vec![self.calc(p)];
+        }
+        let cor = &p.coronaries[self.vessel];
+        let l = cor.path.length();
+        let s0 = (self.s - self.len * 0.5).max(0.0);
+        let s1 = (self.s + self.len * 0.5).min(l);
+        let n = ((s1 - s0) / HEAVY_STEP_MM).ceil().max(1.0) as usize;
+        (0..=n)
+            .map(|i| {
+                let s = s0 + (s1 - s0) * i as f64 / n as f64;
+                let (c0, tan, r) = cor.path.at(s);
+                // A slowly turning wall position and density along the chain (deterministic
+                // in the plaque's own numbers, so a resize keeps its look).
+                let phase = self.ang + 0.9 * (s * 0.31 + self.ecc * 7.0).sin();
+                let rad = rotate(perpendicular(tan), tan, phase);
+                let circ = cross(tan, rad);
+                let wobble = 0.5 + 0.5 * (s * 0.53 + self.ang).sin();
+                let half_thick = r * (0.6 + 0.5 * wobble) + 0.4;
+                let half_width = r * (0.9 + 0.6 * wobble) + 0.5;
+                let off = self.ecc * r * 0.5;
+                CalcItem {
+                    calc: Calc {
+                        center: add(c0, scale(rad, off)),
+                        axes: [tan, rad, circ],
+                        radii: [HEAVY_STEP_MM * 0.9, half_thick, half_width],
+                        peak_hu: self.peak * (0.75 + 0.25 * wobble),
+                    },
+                    label: cor.label,
+                }
+            })
+            .collect()
+    }
+
     pub fn calc(&self, p: &Patient) -> CalcItem {
         let cor = &p.coronaries[self.vessel];
         let (c0, tan, r) = cor.path.at(self.s);
@@ -122,6 +174,62 @@ fn draw_plaque<R: Rng>(
             peak: rng.gen_range(150.0..1200.0),
             ang: rng.gen_range(0.0..2.0 * PI),
             ecc: rng.gen_range(0.0..0.6),
+            heavy: false,
+        });
+    }
+    None
+}
+
+/// Draws a heavy plaque on the proximal part of a vessel (LM and the first third of LAD, LCX
+/// and RCA), from the ostium for about a third of them. `None` when none fits in `[zlo, zhi]`.
+fn draw_heavy<R: Rng>(
+    rng: &mut R,
+    p: &Patient,
+    existing: &[Plaque],
+    zlo: f64,
+    zhi: f64,
+) -> Option<Plaque> {
+    // LM, LAD, LCX, RCA.
+    let weights = [0.3, 0.3, 0.2, 0.2];
+    for _ in 0..60 {
+        let mut u: f64 = rng.gen();
+        let mut vessel = 0;
+        for (i, w) in weights.iter().enumerate() {
+            vessel = i;
+            if u < *w {
+                break;
+            }
+            u -= w;
+        }
+        let cor = &p.coronaries[vessel];
+        let l = cor.path.length();
+        let len = rng
+            .gen_range(HEAVY_MIN_LEN..HEAVY_MAX_LEN * 0.8)
+            .min(if vessel == 0 { l } else { l * 0.4 });
+        let ostial = vessel == 0 || rng.gen_bool(0.3);
+        let s = if ostial {
+            len * 0.5
+        } else {
+            len * 0.5 + rng.gen_range(0.0..(l * 0.35).max(1.0))
+        };
+        let (c, _, _) = cor.path.at(s);
+        if c[2] < zlo + 2.0 || c[2] > zhi - 2.0 {
+            continue;
+        }
+        let clash = existing
+            .iter()
+            .any(|q| q.vessel == vessel && (q.s - s).abs() < (q.len + len) * 0.5 + 1.0);
+        if clash {
+            continue;
+        }
+        return Some(Plaque {
+            vessel,
+            s,
+            len,
+            peak: rng.gen_range(450.0..1600.0),
+            ang: rng.gen_range(0.0..2.0 * PI),
+            ecc: rng.gen_range(0.0..0.5),
+            heavy: true,
         });
     }
     None
@@ -183,10 +291,24 @@ pub fn calibrate<R: Rng>(
     let zlo = g.z(0) - g.spacing[0] * 0.5;
     let zhi = g.z(g.nz - 1) + g.spacing[0] * 0.5;
     let mut plaques: Vec<Plaque> = Vec::new();
+    // Heavy disease: dense, confluent proximal calcification in most high-burden hearts and
+    // some moderate ones.
+    let heavy = match burden {
+        Burden::High => rng
+            .gen_range(0..=3usize)
+            .max(usize::from(rng.gen_bool(0.8))),
+        Burden::Moderate => usize::from(rng.gen_bool(0.3)),
+        _ => 0,
+    };
+    for _ in 0..heavy {
+        if let Some(pl) = draw_heavy(rng, p, &plaques, zlo, zhi) {
+            plaques.push(pl);
+        }
+    }
     // Initial sizes from the target: per-plaque share of the score ≈ 4·len²·0.35·len/3.
     let share = target / n0 as f64;
     let len0 = (share / 0.5).cbrt().clamp(MIN_LEN, MAX_LEN);
-    for _ in 0..n0 {
+    for _ in 0..n0.saturating_sub(plaques.len()) {
         let len = (len0 * rng.gen_range(0.7..1.3)).clamp(MIN_LEN, MAX_LEN);
         if let Some(pl) = draw_plaque(rng, p, &plaques, zlo, zhi, len) {
             plaques.push(pl);
@@ -198,7 +320,7 @@ pub fn calibrate<R: Rng>(
     let mut best: Option<(f64, Vec<Plaque>)> = None;
     for it in 0..24 {
         iterations = it + 1;
-        let items: Vec<CalcItem> = plaques.iter().map(|q| q.calc(p)).collect();
+        let items: Vec<CalcItem> = plaques.iter().flat_map(|q| q.items(p)).collect();
         apply_plaques(&items, g, rendered, hu, labels, &mut touched, hu_max);
         let total = slab_total(g, hu, labels, &touched, dims);
         let ok = in_category(burden, total);
@@ -216,7 +338,8 @@ pub fn calibrate<R: Rng>(
         let f = ratio.powf(0.4).clamp(0.5, 2.0);
         let mut saturated = true;
         for q in plaques.iter_mut() {
-            let nl = (q.len * f).clamp(MIN_LEN, MAX_LEN);
+            let (lo, hi) = q.len_range();
+            let nl = (q.len * f).clamp(lo, hi);
             if (nl - q.len).abs() > 1e-6 {
                 saturated = false;
             }
@@ -238,12 +361,16 @@ pub fn calibrate<R: Rng>(
                 }
             } else if plaques.len() > 1 {
                 plaques.pop();
+            } else if let Some(q) = plaques.first_mut().filter(|q| q.heavy) {
+                // One heavy plaque too much for the category: a plain one instead.
+                q.heavy = false;
+                q.len = q.len.min(MAX_LEN);
             }
         }
     }
     // Make sure the rendered state is the best in-category set seen (if the last was not).
     if let Some((_, bp)) = best {
-        let items: Vec<CalcItem> = bp.iter().map(|q| q.calc(p)).collect();
+        let items: Vec<CalcItem> = bp.iter().flat_map(|q| q.items(p)).collect();
         apply_plaques(&items, g, rendered, hu, labels, &mut touched, hu_max);
         plaques = bp;
     }

@@ -99,7 +99,7 @@ impl TransferSyntaxChoice {
 pub struct PhantomSpec {
     pub seed: u64,
     pub burden: Burden,
-    /// Slice spacing = SliceThickness (contiguous), mm. Drawn from {1, 1.25, 1.5, 2, 2.5, 3}.
+    /// Slice spacing = SliceThickness (contiguous), mm. Drawn from {1, 1.25, 1.5, 2, 2.5, 3, 5}.
     pub thickness_mm: Option<f64>,
     /// Number of slices; default covers about 200 mm with the heart inside.
     pub slices: Option<usize>,
@@ -219,7 +219,7 @@ fn stream(seed: u64, id: u64) -> ChaCha20Rng {
     r
 }
 
-const THICKNESSES: [f64; 6] = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0];
+const THICKNESSES: [f64; 7] = [1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 5.0];
 
 /// Days → (year, month, day) from 2024-01-01, for deterministic study dates.
 fn date_from(days: u64) -> (u32, u32, u32) {
