@@ -75,11 +75,15 @@ impl Scorer for Pipeline {
         let outcome = self.score(inputs, version);
         let written = pipeline::write_outcome(&outcome, out_dir);
         match (outcome, written) {
-            (_, Err(e)) => ScoringEnd::Failed {
+            (_, Err(e)) => ScoringEnd::Error {
                 reason: format!("writing results: {e}"),
             },
             (Outcome::Rejected(r), Ok(_)) => ScoringEnd::Rejected {
                 reason: r.reason.unwrap_or_else(|| "rejected".into()),
+            },
+            // Ours, not the study's: retried, then held for a person (never pruned).
+            (Outcome::Failed(r), Ok(_)) => ScoringEnd::Error {
+                reason: r.reason.unwrap_or_else(|| "scoring failed".into()),
             },
             (Outcome::Scored(s), Ok(files)) => ScoringEnd::Scored {
                 results: files,
@@ -465,8 +469,11 @@ fn score_one(
         ScoringEnd::Crashed { reason } => {
             warn!(stage = "score", series_hash = %h, %reason, ms, "the scorer crashed on this series")
         }
+        ScoringEnd::Error { reason } => {
+            warn!(stage = "score", series_hash = %h, %reason, ms, "scoring failed on our side; retried")
+        }
     }
-    let crashed = matches!(end, ScoringEnd::Crashed { .. });
+    let crashed = matches!(end, ScoringEnd::Crashed { .. } | ScoringEnd::Error { .. });
     if queue.finish_scoring(&rec.series_uid, rec.generation, end)? {
         ops.report_result(&rec.series_uid, queue);
     } else if crashed {

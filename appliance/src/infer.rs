@@ -291,9 +291,9 @@ impl Segmenter {
         }
         // Calcium outside the heart (plus its margin) is never coronary.
         let dropped = refine::gate_to_heart(vol, &mut seg.mask, heart);
-        if dropped > 0 {
-            tracing::debug!(voxels = dropped, "labels outside the heart dropped");
-        }
+        // One label per calcification the segmenter mostly called a vessel.
+        let unified = refine::unify_calcifications(vol, &mut seg.mask, heart);
+        tracing::debug!(dropped, unified, "labels gated to the heart and unified");
         // A six-class model's non-coronary label is not calcium to score (a five-class model
         // has none: no pass over the whole mask for it).
         if self.calcium_entry.labels.len() > usize::from(NON_CORONARY_CLASS) {

@@ -1,4 +1,4 @@
-//! The `cacd` command line (see ../shared/CONTRACT.md).
+//! The `cacd` command line (see docs/CONTRACT.md).
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

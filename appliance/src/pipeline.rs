@@ -113,6 +113,10 @@ pub enum Outcome {
     NotScored(Box<NotScored>),
     /// Refused before there was a volume (not CT, too thick, gaps...): result.json only.
     Rejected(ResultJson),
+    /// A failure of ours (engine, model output, encoder), not of the study: result.json says
+    /// so (`status = "failed"`); the caller retries and, if it persists, holds the series for
+    /// a person. Never counted as the study's fault.
+    Failed(ResultJson),
 }
 
 impl Outcome {
@@ -120,7 +124,7 @@ impl Outcome {
         match self {
             Outcome::Scored(s) => &s.result,
             Outcome::NotScored(n) => &n.result,
-            Outcome::Rejected(r) => r,
+            Outcome::Rejected(r) | Outcome::Failed(r) => r,
         }
     }
 }
@@ -200,11 +204,19 @@ impl Pipeline {
         };
         let seg = match self.segmenter.segment(&volume, &heart) {
             Ok(s) => s,
-            Err(e) => {
+            // The locator finding no heart is about the study; anything else is ours.
+            Err(e @ crate::infer::InferError::HeartNotFound) => {
                 return Outcome::Rejected(ResultJson::rejected(
                     &meta.study_instance_uid,
                     &meta.series_instance_uid,
                     &e.to_string(),
+                ))
+            }
+            Err(e) => {
+                return Outcome::Failed(ResultJson::failed(
+                    &meta.study_instance_uid,
+                    &meta.series_instance_uid,
+                    &format!("segmentation failed: {e}"),
                 ))
             }
         };
@@ -240,7 +252,7 @@ impl Pipeline {
         }) {
             Ok(e) => e,
             Err(e) => {
-                return Outcome::Rejected(ResultJson::rejected(
+                return Outcome::Failed(ResultJson::failed(
                     &meta.study_instance_uid,
                     &meta.series_instance_uid,
                     &format!("encoding results failed: {e}"),
@@ -309,7 +321,7 @@ impl Pipeline {
         }) {
             Ok(e) => e,
             Err(e) => {
-                return Outcome::Rejected(ResultJson::rejected(
+                return Outcome::Failed(ResultJson::failed(
                     &meta.study_instance_uid,
                     &meta.series_instance_uid,
                     &format!("encoding results failed: {e}"),
@@ -403,7 +415,7 @@ pub fn write_outcome(outcome: &Outcome, dir: &Path) -> Result<Vec<PathBuf>, Pipe
     let encoded = match outcome {
         Outcome::Scored(s) => Some(&s.encoded),
         Outcome::NotScored(n) => Some(&n.encoded),
-        Outcome::Rejected(_) => None,
+        Outcome::Rejected(_) | Outcome::Failed(_) => None,
     };
     if let Some(encoded) = encoded {
         let mut objects = vec![("sr.dcm", &encoded.sr), ("summary.dcm", &encoded.summary)];

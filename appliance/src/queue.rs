@@ -157,6 +157,12 @@ pub enum ScoringEnd {
     Crashed {
         reason: String,
     },
+    /// Scoring failed on our side (engine, model output, encoder): retried like a crash and
+    /// counted against `max_scoring_attempts`, then `failed` with the reason — held for a
+    /// person, never taken for the study's fault.
+    Error {
+        reason: String,
+    },
 }
 
 /// Counts one more scoring attempt on the series' current version: back to (or left in)
@@ -498,6 +504,18 @@ impl Queue {
                         max_attempts,
                         |n, max| format!("scoring crashed ({n} of {max}): {reason}"),
                         |n| format!("scoring crashed {n} times; last: {reason}"),
+                    );
+                    if !failed {
+                        Self::put_series(series, &mut cur)?;
+                        return Ok(false);
+                    }
+                }
+                ScoringEnd::Error { reason } => {
+                    let failed = count_scoring_attempt(
+                        &mut cur,
+                        max_attempts,
+                        |n, max| format!("scoring failed ({n} of {max}): {reason}"),
+                        |n| format!("scoring failed {n} times; last: {reason}"),
                     );
                     if !failed {
                         Self::put_series(series, &mut cur)?;

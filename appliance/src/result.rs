@@ -1,4 +1,4 @@
-//! `result.json`, one per scored series (see ../shared/CONTRACT.md). Fields may be added,
+//! `result.json`, one per scored series (see docs/CONTRACT.md). Fields may be added,
 //! never renamed.
 
 use serde::{Deserialize, Serialize};
@@ -111,7 +111,7 @@ impl From<&Lesion> for LesionJson {
 pub struct ResultJson {
     pub study_instance_uid: String,
     pub series_instance_uid: String,
-    /// "scored" | "rejected"
+    /// "scored" | "rejected" | "failed" (a failure of ours, not of the study)
     pub status: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -180,6 +180,14 @@ impl ResultJson {
             timings_ms,
             result_version,
             cacd_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// A series whose scoring failed on our side (engine, encoder): `status = "failed"`.
+    pub fn failed(study_instance_uid: &str, series_instance_uid: &str, reason: &str) -> Self {
+        ResultJson {
+            status: "failed".into(),
+            ..ResultJson::rejected(study_instance_uid, series_instance_uid, reason)
         }
     }
 

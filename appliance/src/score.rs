@@ -1,5 +1,5 @@
 //! Stage "score": Agatston, volume, risk category and CAC-DRS, exactly as
-//! `../shared/CONTRACT.md` defines them. A pure function over plain arrays: the phantom's
+//! `docs/CONTRACT.md` defines them. A pure function over plain arrays: the phantom's
 //! `truth.json` and the pipeline's `result.json` both come from [`score`].
 
 use ndarray::{ArrayView3, Axis};

@@ -108,14 +108,14 @@ def dice(a, b):
     return float(2 * (a & b).sum() / s) if s else float("nan")
 
 
-def evaluate_variant(cacd, case_dir, case, vname, v, ref, out_dir):
+def evaluate_variant(cacd, case_dir, case, vname, v, ref, out_dir, extra=()):
     series = case_dir / v["dir"]
     res = out_dir / case["id"] / vname
     res.mkdir(parents=True, exist_ok=True)
     heart_nii = res / "heart.nii"
     if heart_nii.exists():
         heart_nii.unlink()
-    p = subprocess.run([cacd, "score", str(series), "--out", str(res), "--heart-mask", str(heart_nii)],
+    p = subprocess.run([cacd, "score", str(series), "--out", str(res), "--heart-mask", str(heart_nii), *extra],
                        capture_output=True, text=True)
     if not (res / "result.json").exists():
         raise SystemExit(f"evaluate: {case['id']}/{vname}: no result.json\n{p.stderr[-2000:]}")
@@ -192,7 +192,9 @@ def main():
     ap.add_argument("--cacd", default=os.environ.get("CACD", "target/release/cacd"))
     ap.add_argument("--json")
     ap.add_argument("--case", action="append")
+    ap.add_argument("--model-dir", help="score with the models in this folder")
     a = ap.parse_args()
+    extra = ["--model-dir", a.model_dir] if a.model_dir else []
     cases_dir = Path(a.cases)
     rows = []
     for cdir in sorted(p for p in cases_dir.iterdir() if (p / "case.json").exists()):
@@ -202,7 +204,7 @@ def main():
         ref_path = HERE / "reference" / f"{case['id']}.json"
         ref = json.loads(ref_path.read_text()) if ref_path.exists() else {"regions": []}
         for vname, v in case["variants"].items():
-            row = evaluate_variant(a.cacd, cdir, case, vname, v, ref, Path(a.out))
+            row = evaluate_variant(a.cacd, cdir, case, vname, v, ref, Path(a.out), extra)
             row["contrast"] = case.get("contrast")
             row["expect_no_heart"] = case.get("expect_no_heart", False)
             print(fmt(row), flush=True)

@@ -160,6 +160,11 @@ pub fn run(args: BatchArgs) -> Result<()> {
             match outcome {
                 Outcome::Scored(_) => progress.scored += 1,
                 Outcome::Rejected(_) | Outcome::NotScored(_) => progress.rejected += 1,
+                // Ours: stop, so a broken engine does not mark a whole archive as refused.
+                Outcome::Failed(r) => anyhow::bail!(
+                    "scoring study {uid} failed: {}",
+                    r.reason.as_deref().unwrap_or("no reason given")
+                ),
             }
             // The thumbnail is for the dashboard only: a failure is reported, not fatal
             // (write_index retries it).

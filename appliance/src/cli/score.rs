@@ -51,6 +51,13 @@ pub fn run(args: ScoreArgs) -> Result<bool> {
             );
             Ok(false)
         }
+        Outcome::Failed(r) => {
+            // Not the study's fault: a non-zero exit either way, and the reason says ours.
+            anyhow::bail!(
+                "scoring failed: {}",
+                r.reason.as_deref().unwrap_or("no reason given")
+            )
+        }
         Outcome::Rejected(r) => {
             eprintln!(
                 "rejected: {}",

@@ -364,7 +364,9 @@ fn draw_slice(
         at.1 as f32 + 17.0,
         &caption,
     );
-    let right = if input.scores.lesions.is_empty() {
+    let right = if input.refusal.is_some() {
+        "not scored".to_string()
+    } else if input.scores.lesions.is_empty() {
         "no calcium".to_string()
     } else {
         format!("{} on slice", one_decimal(on_slice))
@@ -387,7 +389,14 @@ fn draw_slice(
     }
     // Vessels outlined on this slice, coloured, on a dark strip for contrast.
     c.blend_rect(at.0, at.1 + size - 24, size, 24, [0, 0, 0], 0.6);
-    if input.scores.lesions.is_empty() {
+    if input.refusal.is_some() {
+        c.text(
+            Pen::new(true, 14.0, WARN),
+            at.0 as f32 + 6.0,
+            (at.1 + size) as f32 - 7.0,
+            "Not scored (see the reason on the right)",
+        );
+    } else if input.scores.lesions.is_empty() {
         c.text(
             Pen::new(true, 14.0, risk_colour("0")),
             at.0 as f32 + 6.0,

@@ -18,7 +18,7 @@
 //!    section the heart stays within that section grown by 15 mm (the liver dome rises
 //!    beside it, further out); above, it ends where its section falls under 60 % of the
 //!    widest's area or 50 % of its width (the great vessels), plus 12 mm for the aortic root;
-//! 5. nothing within 8 mm of the spine (calcification on the front of the vertebral bodies).
+//! 5. nothing within 12 mm of the spine (calcification on the front of the vertebral bodies).
 //!
 //! The outline grown by [`MARGIN_MM`] is the gate of the calcium stage: a label outside it is
 //! dropped. The median HU deep inside the outline is the blood pool the quality gate reads
@@ -35,7 +35,7 @@ pub const GRID_MM: f64 = 3.0;
 /// Calcium further than this from the outline is never coronary.
 pub const MARGIN_MM: f64 = 10.0;
 /// Nothing this close to the spine is heart.
-pub const SPINE_CLEARANCE_MM: f64 = 8.0;
+pub const SPINE_CLEARANCE_MM: f64 = 12.0;
 /// An outline smaller than this is no heart.
 pub const MIN_HEART_ML: f64 = 150.0;
 
@@ -45,6 +45,8 @@ const SOFT_MIN_HU: f32 = -300.0;
 const BONE_HU: f32 = 250.0;
 /// With contrast the blood pool passes [`BONE_HU`]: bone is then what encloses marrow above this.
 const DENSE_BONE_HU: f32 = 600.0;
+/// With contrast, a dense region is bone only when it reaches this close to the skin.
+const BONE_FROM_SKIN_MM: f64 = 40.0;
 /// Mediastinal HU above which the bone threshold moves to [`DENSE_BONE_HU`] (a first look at
 /// the blood pool, before the heart is outlined).
 const PRE_CONTRAST_HU: f64 = 110.0;
@@ -418,13 +420,28 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
         }
     }
     let pre_blood = median(pre).unwrap_or(0.0);
-    let bone_raw: Vec<bool> = if pre_blood > PRE_CONTRAST_HU {
+    let bone = if pre_blood > PRE_CONTRAST_HU {
+        // Undiluted contrast (superior vena cava, right atrium) is as dense as bone: bone is
+        // what reaches towards the body wall (ribs, sternum, spine), contrast lies deep inside.
         let dense: Vec<bool> = hu.iter().map(|&v| v > DENSE_BONE_HU).collect();
-        ops::fill_holes_2d(&dense, dims)
+        let dense = ops::fill_holes_2d(&dense, dims);
+        let outside: Vec<bool> = body.iter().map(|&b| !b).collect();
+        let from_skin = ops::distance_to(&outside, dims, s);
+        let (labels, sizes) = ops::label(&dense, dims);
+        let mut walled = vec![false; sizes.len()];
+        for (i, &l) in labels.iter().enumerate() {
+            if l != 0 && f64::from(from_skin[i]) <= BONE_FROM_SKIN_MM {
+                walled[l as usize] = true;
+            }
+        }
+        labels
+            .iter()
+            .map(|&l| l != 0 && walled[l as usize] && sizes[l as usize] >= ml(MIN_BONE_ML))
+            .collect()
     } else {
-        hu.iter().map(|&v| v > BONE_HU).collect()
+        let raw: Vec<bool> = hu.iter().map(|&v| v > BONE_HU).collect();
+        ops::keep_large(&raw, dims, ml(MIN_BONE_ML))
     };
-    let bone = ops::keep_large(&bone_raw, dims, ml(MIN_BONE_ML));
     let near_bone = ops::dilate_3d(&bone, dims);
     let soft: Vec<bool> = (0..dims.len())
         .map(|i| body[i] && !lungs[i] && !near_bone[i] && hu[i] > SOFT_MIN_HU)
@@ -566,7 +583,8 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
             bone[i] && y > yc && x + band >= xc && x <= xc + band
         })
         .collect();
-    let spine = ops::largest(&spine, dims);
+    // Marrow in: the distance is to the vertebra's surface, wherever its cortex thins out.
+    let spine = ops::fill_holes_2d(&ops::largest(&spine, dims), dims);
     let from_spine = ops::distance_to(&spine, dims, s);
     for (h, &d) in heart.iter_mut().zip(&from_spine) {
         *h &= f64::from(d) > SPINE_CLEARANCE_MM;

@@ -35,7 +35,7 @@ pub struct Plaque {
 
 pub const MIN_LEN: f64 = 1.0;
 pub const MAX_LEN: f64 = 8.0;
-pub const HEAVY_MIN_LEN: f64 = 5.0;
+pub const HEAVY_MIN_LEN: f64 = 8.0;
 pub const HEAVY_MAX_LEN: f64 = 32.0;
 const HEAVY_STEP_MM: f64 = 2.0;
 
@@ -113,7 +113,7 @@ fn targets<R: Rng>(rng: &mut R, b: Burden) -> Option<(f64, usize)> {
         Burden::None => None,
         Burden::Low => Some((lu(rng, 3.0, 85.0), rng.gen_range(1..=3))),
         Burden::Moderate => Some((lu(rng, 140.0, 360.0), rng.gen_range(3..=7))),
-        Burden::High => Some((lu(rng, 480.0, 1600.0), rng.gen_range(6..=14))),
+        Burden::High => Some((lu(rng, 480.0, 3000.0), rng.gen_range(6..=14))),
     }
 }
 
@@ -339,7 +339,9 @@ pub fn calibrate<R: Rng>(
         let mut saturated = true;
         for q in plaques.iter_mut() {
             let (lo, hi) = q.len_range();
-            let nl = (q.len * f).clamp(lo, hi);
+            // Heavy plaques keep their length longer: the small ones take most of the change.
+            let fq = if q.heavy { f.sqrt() } else { f };
+            let nl = (q.len * fq).clamp(lo, hi);
             if (nl - q.len).abs() > 1e-6 {
                 saturated = false;
             }
