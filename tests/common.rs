@@ -57,6 +57,21 @@ pub fn phantom(dir: &Path, seed: u64, slices: usize) -> PathBuf {
     out
 }
 
+/// Writes a phantom study that covers the whole heart (3 mm slices, about 200 mm), as a
+/// study must for the quality gate to let it be scored, and returns its folder.
+pub fn phantom_whole_heart(dir: &Path, seed: u64) -> PathBuf {
+    let out = dir.join(format!("phantom-{seed}"));
+    let st = Command::new(cacd_bin())
+        .args(["phantom", "--out"])
+        .arg(&out)
+        .args(["--seed", &seed.to_string(), "--thickness", "3"])
+        .args(["--transfer-syntax", "explicit", "--no-localizer"])
+        .status()
+        .expect("cacd phantom");
+    assert!(st.success());
+    out
+}
+
 /// The DICOM files of a folder (sorted).
 pub fn dicom_files(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

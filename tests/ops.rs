@@ -211,7 +211,7 @@ port = {pacs}
 "#
     );
     let cfg = config(tmp.path(), port, status, &extra);
-    let study = phantom(tmp.path(), 4242, 40);
+    let study = phantom_whole_heart(tmp.path(), 4242);
     let patient = patient_values(&study);
     let scp = StoreScp::start(pacs, &tmp.path().join("pacs"));
     let serve = Serve::start(&cfg, port, &tmp.path().join("data"));

@@ -280,15 +280,6 @@ impl Segmenter {
             grid,
         } = self.segment_raw(vol, heart)?;
         let t = Instant::now();
-        if let Some(d) = std::env::var_os("CACD_DEBUG_DIR") {
-            let _ =
-                ndarray_npy::write_npy(std::path::Path::new(&d).join("raw_mask.npy"), &seg.mask);
-            if let Some(dump) = preprocess::DEBUG_DUMP.get() {
-                let v = dump.lock().unwrap().clone();
-                let arr = ndarray::Array2::from_shape_vec((v.len() / 9, 9), v).unwrap();
-                let _ = ndarray_npy::write_npy(std::path::Path::new(&d).join("probs.npy"), &arr);
-            }
-        }
         // Calcium outside the heart (plus its margin) is never coronary.
         let dropped = refine::gate_to_heart(vol, &mut seg.mask, heart);
         // One label per calcification the segmenter mostly called a vessel.
@@ -317,9 +308,6 @@ impl Segmenter {
     }
 
     fn segment_raw(&self, vol: &Volume, heart: &Heart) -> Result<RawSegmentation, InferError> {
-        if std::env::var_os("CACD_DEBUG_DIR").is_some() {
-            let _ = preprocess::DEBUG_DUMP.set(std::sync::Mutex::new(Vec::new()));
-        }
         #[cfg(feature = "cuda-base")]
         if let Some(gpu) = &self.gpu {
             let mut g = gpu.lock().unwrap_or_else(|p| p.into_inner());

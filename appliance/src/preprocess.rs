@@ -434,8 +434,6 @@ fn trilinear_corners(
 /// Maps the segmenter's output `[1, K, D, H, W]` (class probabilities on the fine grid) back to
 /// the native grid: every native voxel with HU ≥ 130 inside the crop gets the argmax of the K
 /// probabilities trilinearly interpolated at its fine-grid position; all others get 0.
-pub static DEBUG_DUMP: std::sync::OnceLock<std::sync::Mutex<Vec<f32>>> = std::sync::OnceLock::new();
-
 pub fn fine_to_native_mask(
     probs: &Tensor,
     grid: &FineGrid,
@@ -475,12 +473,6 @@ pub fn fine_to_native_mask(
                     let base = (cz * h + cy) * w + cx;
                     for (c, pc) in p.iter_mut().enumerate() {
                         *pc += cw * probs.data[c * plane + base];
-                    }
-                }
-                if let Some(dump) = DEBUG_DUMP.get() {
-                    if let Ok(mut v) = dump.lock() {
-                        v.extend([z as f32, y as f32, x as f32]);
-                        v.extend_from_slice(&p);
                     }
                 }
                 // Argmax; ties go to the lower class (background first).

@@ -227,6 +227,97 @@ pub fn drop_faint_lesions(
     dropped
 }
 
+/// Drops every label of `mask` outside the heart's gate (its outline plus the margin, less the
+/// spine's clearance): calcium there is never coronary. Returns the voxels dropped.
+pub fn gate_to_heart(vol: &Volume, mask: &mut Array3<u8>, heart: &crate::heart::Heart) -> usize {
+    let g = &vol.geometry;
+    let mut dropped = 0;
+    for ((z, y, x), l) in mask.indexed_iter_mut() {
+        if *l != 0 && !heart.in_gate(g.index_to_patient(z as f64, y as f64, x as f64)) {
+            *l = 0;
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
+/// A calcification the segmenter labelled on most of its voxels gets one label throughout:
+/// its voxels of 130 HU or more inside the heart's gate that are 26-connected across slices
+/// form one calcification; when the vessel labels hold at least [`MIN_UNIFIED_SHARE`] of it,
+/// every voxel takes the most frequent vessel (the remaining ones were its rim or a vessel
+/// boundary the network drew through it). `mask` holds the raw argmax (vessels 1–4, the
+/// non-coronary class above them, 0 background). Returns the voxels relabelled.
+pub const MIN_UNIFIED_SHARE: f64 = 0.5;
+
+pub fn unify_calcifications(
+    vol: &Volume,
+    mask: &mut Array3<u8>,
+    heart: &crate::heart::Heart,
+) -> usize {
+    let (nz, ny, nx) = vol.dims();
+    let g = &vol.geometry;
+    let hu = &vol.hu;
+    let is_candidate = |z: usize, y: usize, x: usize| {
+        hu[[z, y, x]] >= score::HU_THRESHOLD
+            && heart.in_gate(g.index_to_patient(z as f64, y as f64, x as f64))
+    };
+    // Only where labels are: components are entered through a labelled voxel.
+    let mut seen: HashSet<(usize, usize, usize)> = HashSet::new();
+    let mut relabelled = 0;
+    let seeds: Vec<(usize, usize, usize)> = mask
+        .indexed_iter()
+        .filter(|(_, &l)| l != 0)
+        .map(|(i, _)| i)
+        .collect();
+    let mut stack = Vec::new();
+    let mut comp = Vec::new();
+    for s in seeds {
+        if seen.contains(&s) || !is_candidate(s.0, s.1, s.2) {
+            continue;
+        }
+        comp.clear();
+        seen.insert(s);
+        stack.push(s);
+        let mut votes = [0usize; 256];
+        while let Some((z, y, x)) = stack.pop() {
+            comp.push((z, y, x));
+            votes[usize::from(mask[[z, y, x]])] += 1;
+            for dz in -1i64..=1 {
+                for dy in -1i64..=1 {
+                    for dx in -1i64..=1 {
+                        let (qz, qy, qx) = (z as i64 + dz, y as i64 + dy, x as i64 + dx);
+                        if qz < 0 || qy < 0 || qx < 0 {
+                            continue;
+                        }
+                        let q = (qz as usize, qy as usize, qx as usize);
+                        if q.0 >= nz || q.1 >= ny || q.2 >= nx || seen.contains(&q) {
+                            continue;
+                        }
+                        if is_candidate(q.0, q.1, q.2) {
+                            seen.insert(q);
+                            stack.push(q);
+                        }
+                    }
+                }
+            }
+        }
+        let vessel_votes: usize = votes[1..=4].iter().sum();
+        if (vessel_votes as f64) < MIN_UNIFIED_SHARE * comp.len() as f64 {
+            continue;
+        }
+        let best = (1..=4u8)
+            .max_by_key(|&v| votes[usize::from(v)])
+            .unwrap_or(1);
+        for &(z, y, x) in &comp {
+            if mask[[z, y, x]] != best {
+                mask[[z, y, x]] = best;
+                relabelled += 1;
+            }
+        }
+    }
+    relabelled
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,95 +491,4 @@ mod tests {
         assert_eq!(kept.lesions.len(), 1);
         assert_eq!(kept.lesions[0].vessel, score::Vessel::LAD);
     }
-}
-
-/// Drops every label of `mask` outside the heart's gate (its outline plus the margin, less the
-/// spine's clearance): calcium there is never coronary. Returns the voxels dropped.
-pub fn gate_to_heart(vol: &Volume, mask: &mut Array3<u8>, heart: &crate::heart::Heart) -> usize {
-    let g = &vol.geometry;
-    let mut dropped = 0;
-    for ((z, y, x), l) in mask.indexed_iter_mut() {
-        if *l != 0 && !heart.in_gate(g.index_to_patient(z as f64, y as f64, x as f64)) {
-            *l = 0;
-            dropped += 1;
-        }
-    }
-    dropped
-}
-
-/// A calcification the segmenter labelled on most of its voxels gets one label throughout:
-/// its voxels of 130 HU or more inside the heart's gate that are 26-connected across slices
-/// form one calcification; when the vessel labels hold at least [`MIN_UNIFIED_SHARE`] of it,
-/// every voxel takes the most frequent vessel (the remaining ones were its rim or a vessel
-/// boundary the network drew through it). `mask` holds the raw argmax (vessels 1–4, the
-/// non-coronary class above them, 0 background). Returns the voxels relabelled.
-pub const MIN_UNIFIED_SHARE: f64 = 0.5;
-
-pub fn unify_calcifications(
-    vol: &Volume,
-    mask: &mut Array3<u8>,
-    heart: &crate::heart::Heart,
-) -> usize {
-    let (nz, ny, nx) = vol.dims();
-    let g = &vol.geometry;
-    let hu = &vol.hu;
-    let is_candidate = |z: usize, y: usize, x: usize| {
-        hu[[z, y, x]] >= score::HU_THRESHOLD
-            && heart.in_gate(g.index_to_patient(z as f64, y as f64, x as f64))
-    };
-    // Only where labels are: components are entered through a labelled voxel.
-    let mut seen: HashSet<(usize, usize, usize)> = HashSet::new();
-    let mut relabelled = 0;
-    let seeds: Vec<(usize, usize, usize)> = mask
-        .indexed_iter()
-        .filter(|(_, &l)| l != 0)
-        .map(|(i, _)| i)
-        .collect();
-    let mut stack = Vec::new();
-    let mut comp = Vec::new();
-    for s in seeds {
-        if seen.contains(&s) || !is_candidate(s.0, s.1, s.2) {
-            continue;
-        }
-        comp.clear();
-        seen.insert(s);
-        stack.push(s);
-        let mut votes = [0usize; 256];
-        while let Some((z, y, x)) = stack.pop() {
-            comp.push((z, y, x));
-            votes[usize::from(mask[[z, y, x]])] += 1;
-            for dz in -1i64..=1 {
-                for dy in -1i64..=1 {
-                    for dx in -1i64..=1 {
-                        let (qz, qy, qx) = (z as i64 + dz, y as i64 + dy, x as i64 + dx);
-                        if qz < 0 || qy < 0 || qx < 0 {
-                            continue;
-                        }
-                        let q = (qz as usize, qy as usize, qx as usize);
-                        if q.0 >= nz || q.1 >= ny || q.2 >= nx || seen.contains(&q) {
-                            continue;
-                        }
-                        if is_candidate(q.0, q.1, q.2) {
-                            seen.insert(q);
-                            stack.push(q);
-                        }
-                    }
-                }
-            }
-        }
-        let vessel_votes: usize = votes[1..=4].iter().sum();
-        if (vessel_votes as f64) < MIN_UNIFIED_SHARE * comp.len() as f64 {
-            continue;
-        }
-        let best = (1..=4u8)
-            .max_by_key(|&v| votes[usize::from(v)])
-            .unwrap_or(1);
-        for &(z, y, x) in &comp {
-            if mask[[z, y, x]] != best {
-                mask[[z, y, x]] = best;
-                relabelled += 1;
-            }
-        }
-    }
-    relabelled
 }

@@ -182,7 +182,7 @@ fn a_scorer_crash_costs_one_attempt_never_the_daemon() {
     let serve = Serve::start(&cfg, port, &data);
 
     // One crash: scored again and delivered.
-    let first = dicom_files(&phantom(tmp.path(), 4300, 30));
+    let first = dicom_files(&phantom_whole_heart(tmp.path(), 4300));
     assert_eq!(send(port, &first).acked.len(), first.len());
     let killed = signal_worker_mid_study(&serve, status, "-KILL");
     assert!(
@@ -196,7 +196,7 @@ fn a_scorer_crash_costs_one_attempt_never_the_daemon() {
 
     // A study that kills the worker every time: failed after 3 crashes, with the reason,
     // while the daemon keeps receiving.
-    let poison = dicom_files(&phantom(tmp.path(), 4301, 30));
+    let poison = dicom_files(&phantom_whole_heart(tmp.path(), 4301));
     assert_eq!(send(port, &poison).acked.len(), poison.len());
     for _ in 0..3 {
         let pid = signal_worker_mid_study(&serve, status, "-KILL");
@@ -219,7 +219,7 @@ fn a_scorer_crash_costs_one_attempt_never_the_daemon() {
         reason.contains("crashed 3 times"),
         "reason not shown: {reason}"
     );
-    let next = dicom_files(&phantom(tmp.path(), 4302, 30));
+    let next = dicom_files(&phantom_whole_heart(tmp.path(), 4302));
     assert_eq!(
         send(port, &next).acked.len(),
         next.len(),
@@ -257,7 +257,7 @@ fn a_hung_scorer_is_stopped_at_the_time_limit_and_the_study_scored_again() {
     );
     let receiver = Receiver::start(recv_port, &tmp.path().join("received"));
     let serve = Serve::start(&cfg, port, &data);
-    let files = dicom_files(&phantom(tmp.path(), 4310, 30));
+    let files = dicom_files(&phantom_whole_heart(tmp.path(), 4310));
     assert_eq!(send(port, &files).acked.len(), files.len());
     // SIGSTOP: the worker neither answers nor dies, as a wedged inference engine would.
     let pid = signal_worker_mid_study(&serve, status, "-STOP");

@@ -178,7 +178,7 @@ pub struct Refused {
 
 /// [`assemble_with_stats`], and on refusal the UIDs of the series it refused (for a
 /// `result.json` that says which series was not scored).
-pub fn assemble_identified(inputs: &[PathBuf]) -> Result<Assembly, Refused> {
+pub fn assemble_identified(inputs: &[PathBuf]) -> Result<Assembly, Box<Refused>> {
     let mut seen: Vec<(String, String)> = Vec::new();
     assemble_inner(inputs, &mut seen).map_err(|error| {
         let named = error.series_uid().map(str::to_string);
@@ -201,11 +201,11 @@ pub fn assemble_identified(inputs: &[PathBuf]) -> Result<Assembly, Refused> {
                 }
             }
         };
-        Refused {
+        Box::new(Refused {
             error,
             study_instance_uid: study,
             series_instance_uid: series,
-        }
+        })
     })
 }
 

@@ -561,16 +561,6 @@ pub fn outline(vol: &Volume) -> Result<Heart, HeartError> {
     }
     let keep_to = top + (TOP_MARGIN_MM / s).round() as usize;
     tracing::debug!(zc, zm, top, d = dims.d, "heart: seed slice, widest, top");
-    if std::env::var_os("CACD_HEART_DEBUG").is_some() {
-        let areas: Vec<usize> = (0..dims.d).map(|z| area(&heart, dims, z)).collect();
-        let fl: Vec<u8> = flanked.iter().map(|&f| f as u8).collect();
-        eprintln!(
-            "zc {zc} zm {zm} top {top}\nareas {areas:?}\nflanked {fl:?}\nopened {:?}",
-            (0..dims.d)
-                .map(|z| area(&opened, dims, z))
-                .collect::<Vec<_>>()
-        );
-    }
     for z in (keep_to + 1)..dims.d {
         heart[z * plane..(z + 1) * plane].fill(false);
     }

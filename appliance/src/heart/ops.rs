@@ -500,7 +500,7 @@ mod tests {
             f[g.at(z, y, x)] = true;
         }
         let d = distance_to(&f, g, 2.0);
-        for i in 0..g.len() {
+        for (i, &di) in d.iter().enumerate() {
             let (z, y, x) = g.zyx(i);
             let best = [(1, 2, 3), (5, 7, 9), (3, 0, 10)]
                 .iter()
@@ -509,7 +509,7 @@ mod tests {
                     (((dz * dz + dy * dy + dx * dx) as f64).sqrt() * 2.0) as f32
                 })
                 .fold(f32::MAX, f32::min);
-            assert!((d[i] - best).abs() < 1e-3, "{i}: {} vs {best}", d[i]);
+            assert!((di - best).abs() < 1e-3, "{i}: {di} vs {best}");
         }
     }
 
@@ -550,13 +550,13 @@ mod tests {
     fn opening_removes_what_a_ball_does_not_fit_in() {
         let g = dims(30, 30, 60);
         let mut m = vec![false; g.len()];
-        for i in 0..g.len() {
+        for (i, mi) in m.iter_mut().enumerate() {
             let (z, y, x) = g.zyx(i);
             let ball =
                 (z as f64 - 15.0).powi(2) + (y as f64 - 15.0).powi(2) + (x as f64 - 15.0).powi(2)
                     <= 100.0;
             let rod = (z as f64 - 15.0).powi(2) + (y as f64 - 15.0).powi(2) <= 4.0 && x >= 15;
-            m[i] = ball || rod;
+            *mi = ball || rod;
         }
         let o = open_ball(&m, g, 1.0, 5.0);
         assert!(o[g.at(15, 15, 15)], "the ball stays");
