@@ -214,11 +214,55 @@ fn encode<T: Serialize>(key: &str, v: &T) -> Result<String, QueueError> {
 }
 
 /// Outcome of recording one received instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     New,
-    /// The same SOP Instance UID was already stored: nothing changes.
+    /// The same SOP Instance UID was already stored in the same series: nothing changes.
     Duplicate,
+    /// The UIDs clash with what is stored: nothing changes, and the instance must be refused
+    /// (answering Success would drop it silently).
+    Conflict(Conflict),
+}
+
+/// A received instance whose UIDs clash with stored ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// Its SOP Instance UID is already stored in another series (of this or another study).
+    #[error("SOP Instance UID already stored in another series")]
+    InstanceElsewhere { stored_series_uid: String },
+    /// Its Series Instance UID is already stored under another study.
+    #[error("Series Instance UID already stored under another study")]
+    SeriesElsewhere { stored_study_uid: String },
+}
+
+/// Whether (study, series, sop) is new, a resend, or clashes with what `series`/`instances`
+/// hold.
+fn admission(
+    series: &impl ReadableTable<&'static str, &'static str>,
+    instances: &impl ReadableTable<&'static str, &'static str>,
+    study_uid: &str,
+    series_uid: &str,
+    sop_instance_uid: &str,
+) -> Result<Recorded, QueueError> {
+    if let Some(owner) = instances.get(sop_instance_uid)? {
+        let owner = owner.value();
+        if owner != series_uid {
+            return Ok(Recorded::Conflict(Conflict::InstanceElsewhere {
+                stored_series_uid: owner.to_string(),
+            }));
+        }
+    }
+    if let Some(rec) = Queue::get_series(series, series_uid)? {
+        if rec.study_uid != study_uid {
+            return Ok(Recorded::Conflict(Conflict::SeriesElsewhere {
+                stored_study_uid: rec.study_uid,
+            }));
+        }
+    }
+    Ok(match instances.get(sop_instance_uid)? {
+        Some(_) => Recorded::Duplicate,
+        None => Recorded::New,
+    })
 }
 
 impl Queue {
@@ -310,8 +354,9 @@ impl Queue {
         sop_instance_uid: &str,
     ) -> Result<Recorded, QueueError> {
         self.write(|series, instances, _| {
-            if instances.get(sop_instance_uid)?.is_some() {
-                return Ok(Recorded::Duplicate);
+            match admission(series, instances, study_uid, series_uid, sop_instance_uid)? {
+                Recorded::New => {}
+                other => return Ok(other),
             }
             instances.insert(sop_instance_uid, series_uid)?;
             let now = now_ms();
@@ -348,6 +393,20 @@ impl Queue {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(INSTANCES)?;
         Ok(t.get(sop_instance_uid)?.is_some())
+    }
+
+    /// What [`Queue::record_instance`] would answer for this instance now, changing nothing:
+    /// checked before a received instance is moved into place.
+    pub fn admission(
+        &self,
+        study_uid: &str,
+        series_uid: &str,
+        sop_instance_uid: &str,
+    ) -> Result<Recorded, QueueError> {
+        let tx = self.db.begin_read()?;
+        let series = tx.open_table(SERIES)?;
+        let instances = tx.open_table(INSTANCES)?;
+        admission(&series, &instances, study_uid, series_uid, sop_instance_uid)
     }
 
     /// Every series record.
@@ -774,6 +833,7 @@ mod tests {
                         match q.record_instance("st", &series, &sop).unwrap() {
                             Recorded::New => new += 1,
                             Recorded::Duplicate => {}
+                            Recorded::Conflict(c) => panic!("{c}"),
                         }
                     }
                     new
@@ -792,6 +852,33 @@ mod tests {
         for i in 0..60 {
             assert!(q.has_instance(&format!("sop-3-{i}")).unwrap());
         }
+    }
+
+    /// One answer per instance: a SOP Instance UID stored in one series and sent again in
+    /// another, or a series UID sent again under another study, is a conflict (refused), never
+    /// a silent duplicate; a resend into the same series is a duplicate.
+    #[test]
+    fn clashing_uids_are_conflicts_not_duplicates() {
+        let (_dir, q) = q();
+        assert_eq!(q.record_instance("st", "se", "i1").unwrap(), Recorded::New);
+        let elsewhere = Recorded::Conflict(Conflict::InstanceElsewhere {
+            stored_series_uid: "se".into(),
+        });
+        assert_eq!(q.admission("st2", "se2", "i1").unwrap(), elsewhere);
+        assert_eq!(q.record_instance("st2", "se2", "i1").unwrap(), elsewhere);
+        assert_eq!(q.record_instance("st", "se9", "i1").unwrap(), elsewhere);
+        let other_study = Recorded::Conflict(Conflict::SeriesElsewhere {
+            stored_study_uid: "st".into(),
+        });
+        assert_eq!(q.admission("st2", "se", "i2").unwrap(), other_study);
+        assert_eq!(q.record_instance("st2", "se", "i2").unwrap(), other_study);
+        assert_eq!(q.admission("st", "se", "i1").unwrap(), Recorded::Duplicate);
+        assert_eq!(
+            q.record_instance("st", "se", "i1").unwrap(),
+            Recorded::Duplicate
+        );
+        assert!(q.series("se2").unwrap().is_none(), "nothing recorded");
+        assert_eq!(q.series("se").unwrap().unwrap().instances, 1);
     }
 
     #[test]
