@@ -295,6 +295,12 @@ pub struct Monitor {
     /// Last sign of life of the scoring thread.
     scoring_heartbeat_ms: AtomicU64,
     pub receiver_alive: AtomicBool,
+    /// Connections before their association (TLS handshake, A-ASSOCIATE-RQ).
+    pub pending: AtomicU64,
+    /// What the receive path refused or ended, by (family, reason): `violations` (protocol
+    /// or limit broken: A-ABORT), `connections` (not let in or not associated), `instances`
+    /// (a C-STORE answered with an error status).
+    receive_events: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub db_open: AtomicBool,
     pub listener_bound: AtomicBool,
     model: Mutex<Option<ModelInfo>>,
@@ -324,6 +330,8 @@ impl Default for Monitor {
             scoring_since_ms: AtomicU64::new(0),
             scoring_heartbeat_ms: AtomicU64::new(now),
             receiver_alive: AtomicBool::new(false),
+            pending: AtomicU64::new(0),
+            receive_events: Mutex::new(BTreeMap::new()),
             db_open: AtomicBool::new(false),
             listener_bound: AtomicBool::new(false),
             model: Mutex::new(None),
@@ -365,6 +373,15 @@ impl Monitor {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 Some(n.saturating_sub(1))
             });
+    }
+    /// Counts one refusal or violation (see the `receive_events` field).
+    pub fn receive_event(&self, family: &'static str, reason: &'static str) {
+        *lock(&self.receive_events)
+            .entry((family, reason))
+            .or_insert(0) += 1;
+    }
+    pub fn receive_events(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        lock(&self.receive_events).clone()
     }
     pub fn bytes_received(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
