@@ -119,6 +119,52 @@ pub struct Delivery {
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
     pub updated_ms: u64,
+    /// Result files of this version the destination has acknowledged (not sent again).
+    #[serde(default)]
+    pub sent: Vec<PathBuf>,
+    /// Result files it refused for good, each with why (sent again only on an operator's
+    /// retry).
+    #[serde(default)]
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+impl Delivery {
+    /// The result files still to send to this destination.
+    pub fn to_send(&self, results: &[PathBuf]) -> Vec<PathBuf> {
+        results
+            .iter()
+            .filter(|f| !self.sent.contains(f) && !self.refused.iter().any(|(r, _)| r == *f))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Which files one attempt delivered and which the destination refused.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub delivered: Vec<PathBuf>,
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+/// What an operator's retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retried {
+    /// The refused deliveries go out again.
+    Forwarding,
+    /// The series is scored again (same version, so the same result UIDs).
+    Scoring,
+}
+
+/// Why a retry was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no series with this hash")]
+    NotFound,
+    #[error("the series is {0:?}, not failed")]
+    NotFailed(SeriesState),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// The result of one delivery attempt.
@@ -608,6 +654,8 @@ impl Queue {
                         next_attempt_ms: now,
                         last_error: None,
                         updated_ms: now,
+                        sent: Vec::new(),
+                        refused: Vec::new(),
                     };
                     Self::put_delivery(deliveries, &mut d)?;
                 }
@@ -658,15 +706,17 @@ impl Queue {
         Ok(out)
     }
 
-    /// Records one delivery attempt; when every destination of the series has an end, the
-    /// series becomes `delivered` (all delivered) or `failed` (the reasons of those that failed).
-    /// Returns the series state afterwards.
+    /// Records one delivery attempt and the files it delivered or saw refused; when every
+    /// destination of the series has an end, the series becomes `delivered` (all delivered)
+    /// or `failed` (the reasons of those that failed). An attempt that reached its end with
+    /// files refused on the way is a failed delivery. Returns the series state afterwards.
     pub fn record_attempt(
         &self,
         series_uid: &str,
         destination: &str,
         version: u32,
         attempt: Attempt,
+        progress: Progress,
     ) -> Result<Option<SeriesState>, QueueError> {
         self.write(|series, _, deliveries| {
             let key = delivery_key(series_uid, destination);
@@ -678,7 +728,21 @@ impl Queue {
                 return Ok(None);
             }
             d.attempts += 1;
+            for f in progress.delivered {
+                if !d.sent.contains(&f) {
+                    d.sent.push(f);
+                }
+            }
+            for (f, why) in progress.refused {
+                d.refused.retain(|(r, _)| *r != f);
+                d.refused.push((f, why));
+            }
             match attempt {
+                Attempt::Delivered if !d.refused.is_empty() => {
+                    d.state = DeliveryState::Failed;
+                    let whys: Vec<&str> = d.refused.iter().map(|(_, w)| w.as_str()).collect();
+                    d.last_error = Some(format!("refused: {}", whys.join("; ")));
+                }
                 Attempt::Delivered => {
                     d.state = DeliveryState::Delivered;
                     d.last_error = None;
@@ -733,6 +797,75 @@ impl Queue {
             Self::put_series(series, &mut cur)?;
             Ok(Some(cur.state))
         })
+    }
+
+    /// An operator's retry of a `failed` series, named by its hash (`store::uid_hash`, as the
+    /// status page shows it): deliveries that failed go out again (refused files included,
+    /// files already delivered not), or, when scoring failed, the series is scored again at
+    /// the same version with its attempts counted from zero.
+    pub fn retry(&self, series_hash: &str) -> Result<(String, Retried), RetryError> {
+        let Some(target) = self
+            .all_series()?
+            .into_iter()
+            .find(|r| crate::store::uid_hash(&r.series_uid) == series_hash)
+        else {
+            return Err(RetryError::NotFound);
+        };
+        let uid = target.series_uid.clone();
+        let done = self.write(|series, _, deliveries| {
+            let Some(mut cur) = Self::get_series(series, &uid)? else {
+                return Ok(Err(RetryError::NotFound));
+            };
+            if cur.state != SeriesState::Failed {
+                return Ok(Err(RetryError::NotFailed(cur.state)));
+            }
+            let prefix = format!("{uid}\n");
+            let mut failed: Vec<Delivery> = Vec::new();
+            for item in deliveries.range(prefix.as_str()..)? {
+                let (k, v) = item?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                let d: Delivery = decode(k.value(), v.value())?;
+                if d.version == cur.version && d.state == DeliveryState::Failed {
+                    failed.push(d);
+                }
+            }
+            let now = now_ms();
+            cur.reason = None;
+            let how = if failed.is_empty() || cur.results.is_empty() {
+                cur.scoring_attempts = 0;
+                cur.state = if cur.version == 0 {
+                    SeriesState::Complete
+                } else {
+                    SeriesState::Scoring
+                };
+                Retried::Scoring
+            } else {
+                for mut d in failed {
+                    d.state = DeliveryState::Pending;
+                    d.attempts = 0;
+                    d.refused.clear();
+                    d.last_error = None;
+                    d.next_attempt_ms = now;
+                    Self::put_delivery(deliveries, &mut d)?;
+                }
+                cur.state = SeriesState::Forwarding;
+                Retried::Forwarding
+            };
+            Self::put_series(series, &mut cur)?;
+            Ok(Ok(how))
+        })??;
+        Ok((uid, done))
+    }
+
+    /// Series in `failed`, with why (for health and the status page).
+    pub fn failed(&self) -> Result<Vec<SeriesRecord>, QueueError> {
+        Ok(self
+            .all_series()?
+            .into_iter()
+            .filter(|r| r.state == SeriesState::Failed)
+            .collect())
     }
 
     /// A result file of `version` was missing or unreadable when it was to be sent (a power
@@ -924,16 +1057,19 @@ mod tests {
                     error: "refused".into(),
                     retry_at_ms: now_ms() + 60_000,
                 },
+                Progress::default(),
             )
             .unwrap();
         assert_eq!(st, Some(SeriesState::Forwarding));
         assert!(q.due_deliveries("A").unwrap().is_empty(), "backing off");
         assert_eq!(
-            q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap(),
+            q.record_attempt("se", "B", 1, Attempt::Delivered, Progress::default())
+                .unwrap(),
             Some(SeriesState::Forwarding)
         );
         assert_eq!(
-            q.record_attempt("se", "A", 1, Attempt::Delivered).unwrap(),
+            q.record_attempt("se", "A", 1, Attempt::Delivered, Progress::default())
+                .unwrap(),
             Some(SeriesState::Delivered)
         );
         let a = q
@@ -1004,9 +1140,12 @@ mod tests {
             Attempt::Permanent {
                 error: "called AE not recognised".into(),
             },
+            Progress::default(),
         )
         .unwrap();
-        let st = q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap();
+        let st = q
+            .record_attempt("se", "B", 1, Attempt::Delivered, Progress::default())
+            .unwrap();
         assert_eq!(st, Some(SeriesState::Failed));
         let r = q.series("se").unwrap().unwrap();
         assert!(r.reason.unwrap().contains("A: called AE not recognised"));
@@ -1014,6 +1153,78 @@ mod tests {
             q.prunable(Duration::ZERO).unwrap().is_empty(),
             "undelivered is never pruned"
         );
+    }
+
+    /// A destination that refuses one result object for good: the others are recorded as
+    /// delivered, the delivery fails with the refusal, and an operator's retry sends only the
+    /// refused object again (then the series is delivered).
+    #[test]
+    fn one_refused_object_fails_the_delivery_and_a_retry_sends_only_it() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        let files: Vec<PathBuf> = ["seg.dcm", "sr.dcm", "summary.dcm"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let end = ScoringEnd::Scored {
+            results: files.clone(),
+            agatston_total: Some(3.0),
+            not_scored: None,
+        };
+        q.finish_scoring("se", s.generation, end).unwrap();
+        q.start_forwarding(&["A".into()]).unwrap();
+        let progress = Progress {
+            delivered: vec![files[1].clone(), files[2].clone()],
+            refused: vec![(files[0].clone(), "seg.dcm: C-STORE status 0xC000".into())],
+        };
+        let st = q
+            .record_attempt("se", "A", 1, Attempt::Delivered, progress)
+            .unwrap();
+        assert_eq!(st, Some(SeriesState::Failed));
+        let r = q.series("se").unwrap().unwrap();
+        assert!(r.reason.unwrap().contains("seg.dcm: C-STORE status 0xC000"));
+        assert_eq!(q.failed().unwrap().len(), 1);
+        assert!(matches!(q.retry("nope"), Err(RetryError::NotFound)));
+        let hash = crate::store::uid_hash("se");
+        assert_eq!(
+            q.retry(&hash).unwrap(),
+            ("se".to_string(), Retried::Forwarding)
+        );
+        assert!(matches!(
+            q.retry(&hash),
+            Err(RetryError::NotFailed(SeriesState::Forwarding))
+        ));
+        let due = q.due_deliveries("A").unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.to_send(&due[0].1.results), vec![files[0].clone()]);
+        let progress = Progress {
+            delivered: vec![files[0].clone()],
+            refused: vec![],
+        };
+        let st = q
+            .record_attempt("se", "A", 1, Attempt::Delivered, progress)
+            .unwrap();
+        assert_eq!(st, Some(SeriesState::Delivered));
+    }
+
+    /// A series failed in scoring is retried by scoring it again, same version, attempts
+    /// counted from zero.
+    #[test]
+    fn a_retry_of_a_scoring_failure_scores_again() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        let end = ScoringEnd::Failed {
+            reason: "writing results: disk full".into(),
+        };
+        q.finish_scoring("se", s.generation, end).unwrap();
+        let hash = crate::store::uid_hash("se");
+        assert_eq!(q.retry(&hash).unwrap().1, Retried::Scoring);
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.scoring_attempts), (1, 0));
     }
 
     #[test]
@@ -1069,7 +1280,8 @@ mod tests {
         let s = q.start_scoring().unwrap().unwrap();
         q.finish_scoring("se", s.generation, scored()).unwrap();
         q.start_forwarding(&["A".into(), "B".into()]).unwrap();
-        q.record_attempt("se", "A", 1, Attempt::Delivered).unwrap();
+        q.record_attempt("se", "A", 1, Attempt::Delivered, Progress::default())
+            .unwrap();
         // Not for another version, nor while not forwarding.
         assert_eq!(q.rescore_missing("se", 2, "gone").unwrap(), None);
         let st = q.rescore_missing("se", 1, "v1/sr.dcm: not found").unwrap();
@@ -1097,7 +1309,9 @@ mod tests {
             q.due_deliveries("A").unwrap().is_empty(),
             "A already has version 1"
         );
-        let st = q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap();
+        let st = q
+            .record_attempt("se", "B", 1, Attempt::Delivered, Progress::default())
+            .unwrap();
         assert_eq!(st, Some(SeriesState::Delivered));
         // Results that keep vanishing: failed after the scoring attempts, with the reason.
         q.record_instance("st", "se", "i2").unwrap();
