@@ -55,6 +55,9 @@ pub(super) async fn run<S>(
         _ = shutdown.wait_for(|v| *v) => return,
     };
     let refuse = |reason: &'static str| rx.monitor.receive_event("connections", reason);
+    // Lines about connections that never became associations are rate-limited (a flood would
+    // be a log flood too); /metrics counts every one.
+    let log = || rx.log_budget.take();
     let rq = match header.and_then(|_| Ok(acse::parse_rq(reader.body())?)) {
         Ok(rq) => rq,
         Err(ReadError::Closed) => {
@@ -63,19 +66,32 @@ pub(super) async fn run<S>(
             return;
         }
         Err(ReadError::Timeout(t)) => {
-            warn!(peer = %peer, limit_s = t.as_secs_f64(), "association request not complete in time; aborting");
+            if log() {
+                warn!(peer = %peer, limit_s = t.as_secs_f64(), "association request not complete in time; aborting");
+            }
             refuse("request_timeout");
             let _ = pdu::send(&mut w, &pdu::abort(AbortReason::NotSpecified), write).await;
             return;
         }
+        Err(ReadError::Truncated) => {
+            if log() {
+                info!(peer = %peer, "connection closed inside its association request");
+            }
+            refuse("truncated_request");
+            return;
+        }
         Err(ReadError::Violation(v)) => {
-            warn!(peer = %peer, violation = %v, "invalid association request; aborting");
+            if log() {
+                warn!(peer = %peer, violation = %v, "invalid association request; aborting");
+            }
             rx.monitor.receive_event("violations", v.metric());
             let _ = pdu::send(&mut w, &pdu::abort(v.reason()), write).await;
             return;
         }
         Err(ReadError::Io(e)) => {
-            info!(peer = %peer, error = %e, "connection lost before an association");
+            if log() {
+                info!(peer = %peer, error = %e, "connection lost before an association");
+            }
             refuse("io_error");
             return;
         }
@@ -207,6 +223,10 @@ where
                     return;
                 }
                 Err(ReadError::Violation(v)) => return self.violation(v).await,
+                Err(ReadError::Truncated) => {
+                    info!(peer = %peer, stored = self.stored, busy, "connection closed by the peer inside a PDU");
+                    return;
+                }
                 Err(ReadError::Io(e)) => {
                     info!(peer = %peer, error = %e, stored = self.stored, "association lost");
                     return;

@@ -94,6 +94,48 @@ pub struct Receiver {
     pub monitor: Arc<Monitor>,
     transfer_syntaxes: Vec<String>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    log_budget: LogBudget,
+}
+
+/// At most `LINES` log lines per `WINDOW_MS` about connections that never became
+/// associations; the first line of a window says how many the last one suppressed.
+struct LogBudget {
+    window_start_ms: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    const LINES: u64 = 20;
+    const WINDOW_MS: u64 = 10_000;
+
+    fn new() -> LogBudget {
+        LogBudget {
+            window_start_ms: std::sync::atomic::AtomicU64::new(0),
+            used: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line may be logged now.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::queue::now_ms();
+        let start = self.window_start_ms.load(Relaxed);
+        if now.saturating_sub(start) >= Self::WINDOW_MS
+            && self
+                .window_start_ms
+                .compare_exchange(start, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let used = self.used.swap(0, Relaxed);
+            if used > Self::LINES {
+                warn!(
+                    suppressed = used - Self::LINES,
+                    "more connections failed before their association than are logged; /metrics counts them all"
+                );
+            }
+        }
+        self.used.fetch_add(1, Relaxed) < Self::LINES
+    }
 }
 
 impl Receiver {
@@ -111,6 +153,7 @@ impl Receiver {
             monitor,
             transfer_syntaxes: accepted_transfer_syntaxes(),
             tls,
+            log_budget: LogBudget::new(),
         })
     }
 

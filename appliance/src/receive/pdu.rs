@@ -195,6 +195,9 @@ pub enum ReadError {
     Closed,
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The peer closed the connection inside a PDU.
+    #[error("connection closed inside a PDU")]
+    Truncated,
     #[error(transparent)]
     Violation(#[from] Violation),
     #[error("reading: {0}")]
@@ -277,7 +280,7 @@ impl<R: AsyncRead + Unpin> PduReader<R> {
 
 fn eof(e: std::io::Error) -> ReadError {
     if e.kind() == std::io::ErrorKind::UnexpectedEof {
-        ReadError::Violation(Violation::Invalid("connection closed inside a PDU".into()))
+        ReadError::Truncated
     } else {
         ReadError::Io(e)
     }
