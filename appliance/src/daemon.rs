@@ -440,6 +440,18 @@ fn score_one(
     } else {
         scorer.score_into(&inputs, rec.version, &out)
     };
+    // A re-score supersedes what a PACS may hold: the new SR references the earlier one, the
+    // summary says so. Done before the run is recorded, so a restart simply does it again.
+    if let (ScoringEnd::Scored { .. }, Some(prev)) = (&end, rec.supersedes) {
+        match supersede(store, rec, prev, &out) {
+            Ok(()) => {
+                info!(stage = "score", series_hash = %h, version = rec.version, supersedes = prev, "results supersede an earlier version")
+            }
+            Err(e) => {
+                warn!(stage = "score", series_hash = %h, version = rec.version, supersedes = prev, error = %crate::uid::redact(&e), "results cannot reference the version they supersede")
+            }
+        }
+    }
     // Reasons go to logs, the status page and reports: UIDs in them are hashed there (the
     // result files keep the full text for the PACS).
     let end = redacted(end);
@@ -478,6 +490,47 @@ fn score_one(
         std::thread::sleep(Duration::from_secs(1));
     } else {
         info!(stage = "score", series_hash = %h, "new instances arrived while scoring: result superseded");
+    }
+    Ok(())
+}
+
+/// Marks the results of `rec.version` in `out` as superseding version `prev` (its SR in the
+/// outbox): the SR gets a Predecessor Documents Sequence and a note, the summary image says
+/// "supersedes v<prev>", result.json gets `supersedes_version`. Each file is rewritten
+/// atomically; doing it twice gives the same files.
+fn supersede(
+    store: &Store,
+    rec: &SeriesRecord,
+    prev: u32,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    use crate::encode::{self, sr, summary};
+    let open = |p: &std::path::Path| {
+        dicom_object::open_file(p).map_err(|e| format!("{}: {e}", forward::file_label(p)))
+    };
+    let prev_sr = store
+        .outbox_series_dir(&rec.study_uid, &rec.series_uid)
+        .join(format!("v{prev}"))
+        .join("sr.dcm");
+    let earlier = sr::Predecessor::of(&*open(&prev_sr)?, prev).map_err(|e| e.to_string())?;
+    let sr_path = out.join("sr.dcm");
+    let mut report = open(&sr_path)?;
+    sr::supersede(&mut report, &earlier);
+    encode::write_dicom(&report, &sr_path).map_err(|e| e.to_string())?;
+    let summary_path = out.join("summary.dcm");
+    if summary_path.exists() {
+        let mut image = open(&summary_path)?;
+        summary::supersede(&mut image, rec.version, prev).map_err(|e| e.to_string())?;
+        encode::write_dicom(&image, &summary_path).map_err(|e| e.to_string())?;
+    }
+    let json_path = out.join("result.json");
+    if let Ok(bytes) = std::fs::read(&json_path) {
+        if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&bytes) {
+            m.insert("supersedes_version".into(), prev.into());
+            let text = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
+            crate::fsutil::write_atomic(&json_path, &text)
+                .map_err(|e| format!("result.json: {e}"))?;
+        }
     }
     Ok(())
 }

@@ -86,6 +86,14 @@ pub struct SeriesRecord {
     pub agatston_total: Option<f64>,
     pub updated_ms: u64,
     pub delivered_ms: Option<u64>,
+    /// The latest result version of which a destination acknowledged an object (or that was
+    /// kept in the outbox with no destination): what a PACS may hold.
+    #[serde(default)]
+    pub sent_version: Option<u32>,
+    /// The version the current one supersedes: `sent_version` when this version's scoring
+    /// started (its results reference that version's SR and say so).
+    #[serde(default)]
+    pub supersedes: Option<u32>,
 }
 
 impl SeriesRecord {
@@ -420,6 +428,8 @@ impl Queue {
                 agatston_total: None,
                 updated_ms: now,
                 delivered_ms: None,
+                sent_version: None,
+                supersedes: None,
             });
             rec.instances += 1;
             rec.last_instance_ms = now;
@@ -544,6 +554,7 @@ impl Queue {
                     SeriesState::Complete => {
                         cur.version += 1;
                         cur.scoring_attempts = 0;
+                        cur.supersedes = cur.sent_version.filter(|v| *v < cur.version);
                     }
                     SeriesState::Scoring => {}
                     _ => return Ok(None),
@@ -663,6 +674,7 @@ impl Queue {
                     if destinations.is_empty() {
                         cur.state = SeriesState::Delivered;
                         cur.delivered_ms = Some(now);
+                        cur.sent_version = Some(cur.version);
                     } else {
                         cur.state = SeriesState::Forwarding;
                     }
@@ -728,6 +740,7 @@ impl Queue {
                 return Ok(None);
             }
             d.attempts += 1;
+            let any_delivered = !progress.delivered.is_empty();
             for f in progress.delivered {
                 if !d.sent.contains(&f) {
                     d.sent.push(f);
@@ -760,6 +773,10 @@ impl Queue {
             let Some(mut cur) = Self::get_series(series, series_uid)? else {
                 return Ok(None);
             };
+            if any_delivered && cur.sent_version.is_none_or(|v| v < version) {
+                cur.sent_version = Some(version);
+                Self::put_series(series, &mut cur)?;
+            }
             if cur.state != SeriesState::Forwarding || cur.version != version {
                 return Ok(Some(cur.state));
             }
@@ -1225,6 +1242,48 @@ mod tests {
         assert_eq!(q.retry(&hash).unwrap().1, Retried::Scoring);
         let s = q.start_scoring().unwrap().unwrap();
         assert_eq!((s.version, s.scoring_attempts), (1, 0));
+    }
+
+    /// A version scored after an earlier one reached a PACS supersedes it; one scored after
+    /// a version that never left (stale, or refused everywhere) supersedes what did.
+    #[test]
+    fn a_new_version_supersedes_the_last_one_sent() {
+        let (_dir, q) = q();
+        let scored = || ScoringEnd::Scored {
+            results: vec![PathBuf::from("sr.dcm")],
+            agatston_total: Some(1.0),
+            not_scored: None,
+        };
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (1, None));
+        q.finish_scoring("se", s.generation, scored()).unwrap();
+        q.start_forwarding(&["A".into()]).unwrap();
+        let sent = Progress {
+            delivered: vec![PathBuf::from("sr.dcm")],
+            refused: vec![],
+        };
+        q.record_attempt("se", "A", 1, Attempt::Delivered, sent.clone())
+            .unwrap();
+        // Late instances: version 2 supersedes 1; a stale run (3) never sent: 4 supersedes 2.
+        q.record_instance("st", "se", "i2").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (2, Some(1)));
+        q.finish_scoring("se", s.generation, scored()).unwrap();
+        q.start_forwarding(&["A".into()]).unwrap();
+        q.record_attempt("se", "A", 2, Attempt::Delivered, sent)
+            .unwrap();
+        q.record_instance("st", "se", "i3").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (3, Some(2)));
+        q.record_instance("st", "se", "i4").unwrap();
+        assert!(!q.finish_scoring("se", s.generation, scored()).unwrap());
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (4, Some(2)));
     }
 
     #[test]

@@ -254,3 +254,167 @@ fn a_sop_instance_uid_stored_under_another_study_is_refused_not_dropped() {
          of the two studies"
     );
 }
+
+/// The SR instances Orthanc holds, as (SOP Instance UID, simplified tags).
+fn orthanc_srs(orthanc: &Orthanc) -> Vec<(String, serde_json::Value)> {
+    let mut out = Vec::new();
+    for id in orthanc.get("/instances").unwrap().as_array().unwrap() {
+        let tags = orthanc
+            .get(&format!(
+                "/instances/{}/tags?simplify",
+                id.as_str().unwrap()
+            ))
+            .unwrap();
+        if tags["Modality"] == "SR" {
+            out.push((tags["SOPInstanceUID"].as_str().unwrap().to_string(), tags));
+        }
+    }
+    out
+}
+
+#[test]
+fn a_series_cut_off_then_completed_is_delivered_again_superseding_the_first_result() {
+    let _serial = serial();
+    if no_models() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let port = free_port();
+    let status = free_port();
+    let orthanc = Orthanc::start(&tmp.path().join("orthanc"), port);
+    let cfg = config(
+        tmp.path(),
+        &data,
+        port,
+        status,
+        &[("ORTHANC", orthanc.dicom_port)],
+        "",
+        "",
+    );
+    let serve = Serve::start(&cfg, port, &data);
+    // A whole chest (the phantom's default coverage), in slice order.
+    let dir = tmp.path().join("chest");
+    let st = Command::new(cacd_bin())
+        .args(["phantom", "--out"])
+        .arg(&dir)
+        .args(["--seed", "4980", "--thickness", "2.5"])
+        .args(["--transfer-syntax", "explicit", "--no-localizer"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let mut files = dicom_files(&dir);
+    files.sort_by_key(|f| {
+        dcm_value(f, "0020,0013")
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0)
+    });
+    let half = files.len() / 2;
+    // The transfer stops half-way, longer than the quiet period: version 1 goes out.
+    assert_eq!(send(port, &files[..half]).acked.len(), half);
+    assert!(
+        wait_until(Duration::from_secs(300), || delivered(status) == 1),
+        "the cut-off series was not delivered: {:?}",
+        status_json(status)
+    );
+    let first = orthanc_srs(&orthanc);
+    assert_eq!(first.len(), 1);
+    // The rest arrives: version 2, superseding version 1.
+    assert_eq!(send(port, &files[half..]).acked.len(), files.len() - half);
+    assert!(
+        wait_until(Duration::from_secs(300), || orthanc_srs(&orthanc).len()
+            == 2
+            && delivered(status) == 1),
+        "version 2 was not delivered: {:?}",
+        status_json(status)
+    );
+    serve.terminate();
+    let srs = orthanc_srs(&orthanc);
+    let (v1_uid, v1) = &first[0];
+    let (_, v2) = srs.iter().find(|(u, _)| u != v1_uid).unwrap();
+    assert!(v1.get("PredecessorDocumentsSequence").is_none());
+    let predecessor = &v2["PredecessorDocumentsSequence"][0]["ReferencedSeriesSequence"][0];
+    assert_eq!(
+        predecessor["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"].as_str(),
+        Some(v1_uid.as_str()),
+        "version 2's SR references version 1's: {v2}"
+    );
+    assert_eq!(predecessor["SeriesInstanceUID"], v1["SeriesInstanceUID"]);
+    assert_eq!(v2["SeriesNumber"], v1["SeriesNumber"]);
+    // The summary image says so too, and the files are valid DICOM (dciodvfy).
+    let q = cacd::queue::Queue::open(&data).unwrap();
+    let rec = q.all_series().unwrap().pop().unwrap();
+    drop(q);
+    assert_eq!((rec.version, rec.supersedes), (2, Some(1)));
+    let series_dir = cacd::store::Store::open(&data)
+        .unwrap()
+        .outbox_series_dir(&rec.study_uid, &rec.series_uid);
+    let store_dir = series_dir.join("v2");
+    let comments = dcm_value(&store_dir.join("summary.dcm"), "0020,4000").unwrap_or_default();
+    assert!(
+        comments.contains("supersedes result version 1"),
+        "{comments}"
+    );
+    let dump = text(&run(
+        Command::new("/usr/bin/dsrdump").arg(store_dir.join("sr.dcm"))
+    ));
+    assert!(dump.contains("Supersedes result version 1"), "{dump}");
+    for f in ["sr.dcm", "summary.dcm"] {
+        let out = run(Command::new("dciodvfy").arg(store_dir.join(f)));
+        let errors: Vec<String> = text(&out)
+            .lines()
+            .filter(|l| l.starts_with("Error"))
+            .map(String::from)
+            .collect();
+        assert!(errors.is_empty(), "{f}: {errors:?}");
+    }
+    let result: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store_dir.join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["supersedes_version"], 1);
+    // Marking again (a restart re-scores the same version) changes nothing.
+    let earlier = dicom_object::open_file(series_dir.join("v1/sr.dcm")).unwrap();
+    let earlier = cacd::encode::sr::Predecessor::of(&earlier, 1).unwrap();
+    for (f, mark) in [
+        (
+            "sr.dcm",
+            Box::new(|o: &mut dicom_object::DefaultDicomObject| {
+                cacd::encode::sr::supersede(o, &earlier)
+            }) as Box<dyn Fn(&mut dicom_object::DefaultDicomObject)>,
+        ),
+        (
+            "summary.dcm",
+            Box::new(|o: &mut dicom_object::DefaultDicomObject| {
+                cacd::encode::summary::supersede(o, 2, 1).unwrap()
+            }),
+        ),
+    ] {
+        let path = store_dir.join(f);
+        let mut o = dicom_object::open_file(&path).unwrap();
+        mark(&mut o);
+        let again = tmp.path().join(format!("again-{f}"));
+        cacd::encode::write_dicom(&o, &again).unwrap();
+        assert_eq!(
+            std::fs::read(&again).unwrap(),
+            std::fs::read(&path).unwrap(),
+            "{f}: marking twice differs"
+        );
+    }
+    let headline = |v: &str| {
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(series_dir.join(v).join("result.json")).unwrap())
+                .unwrap();
+        format!(
+            "{} (Agatston {}, {})",
+            r["status"],
+            r["agatston_total"],
+            r["reason"].as_str().unwrap_or("-")
+        )
+    };
+    eprintln!(
+        "broken peers: cut off after {half} of {} slices: version 1 delivered: {}; then version 2: \
+         {}; the PACS holds 2 SRs, the second referencing the first",
+        files.len(),
+        headline("v1"),
+        headline("v2")
+    );
+}
