@@ -624,7 +624,7 @@ fn delivery_update(
             let error = crate::uid::redact(&error);
             monitor.forward_attempt(id, false, false, Some(error.clone()));
             let wait = forward::backoff(initial, max, attempt_no);
-            warn!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, delivered = progress.delivered.len(), retry_in_s = wait.as_secs_f64(), %error, "delivery failed (transient)");
+            warn!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, sent = progress.delivered.len(), retry_in_s = wait.as_secs_f64(), %error, "delivery failed (transient)");
             Attempt::Transient {
                 error,
                 retry_at_ms: now_ms() + wait.as_millis() as u64,
