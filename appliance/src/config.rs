@@ -374,6 +374,8 @@ pub const FLUSH_BYTES: usize = 1 << 20;
 pub const FILE_BUFFER_BYTES: usize = 256 * 1024;
 /// What a TLS session holds (rustls' record buffers, both directions), allowed per connection.
 pub const TLS_BUFFER_BYTES: usize = 64 * 1024;
+/// The read buffer in front of each connection's PDU reader.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// The most the receive path can hold in memory for peers' bytes, by construction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -396,14 +398,17 @@ impl ReceiveConfig {
     /// What [`MemoryBound`] says the limits add up to.
     pub fn memory_bound(&self) -> MemoryBound {
         let pdu = self.max_p_data() as usize;
-        // The PDU being read, the command set, the data-set buffer (flushed at FLUSH_BYTES, so
-        // at most one PDU past it), the temp file's write buffer, TLS.
-        let per_association = pdu
+        // The read buffer and the PDU being read, the command set, the data-set buffer
+        // (flushed at FLUSH_BYTES, so at most one PDU past it), the temp file's write buffer,
+        // TLS.
+        let per_association = READ_BUFFER_BYTES
+            + pdu
             + self.max_command_bytes as usize
             + (FLUSH_BYTES + pdu)
             + FILE_BUFFER_BYTES
             + TLS_BUFFER_BYTES;
-        let per_pending = self.max_associate_rq_bytes as usize + TLS_BUFFER_BYTES;
+        let per_pending =
+            READ_BUFFER_BYTES + self.max_associate_rq_bytes as usize + TLS_BUFFER_BYTES;
         MemoryBound {
             per_association,
             per_pending,
@@ -1001,9 +1006,9 @@ mod tests {
     #[test]
     fn receive_limits_are_checked_and_add_up_to_the_stated_bound() {
         let m = ReceiveConfig::default().memory_bound();
-        assert_eq!(m.per_association, 1_531_904);
-        assert_eq!(m.per_pending, 131_072);
-        assert_eq!(m.total, 8 * 1_531_904 + 64 * 131_072);
+        assert_eq!(m.per_association, 1_548_288);
+        assert_eq!(m.per_pending, 147_456);
+        assert_eq!(m.total, 8 * 1_548_288 + 64 * 147_456);
         assert!(
             m.total < 24 << 20,
             "defaults fit a Jetson with room to spare"

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadHalf, WriteHalf};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, info, warn};
 
@@ -18,7 +18,7 @@ use super::admit::Ticket;
 use super::message::{Assembler, Step};
 use super::pdu::{self, AbortReason, PduReader, Phase, ReadError, Reject, Violation};
 use super::Receiver;
-use crate::config::{secs, FLUSH_BYTES};
+use crate::config::{secs, FLUSH_BYTES, READ_BUFFER_BYTES};
 use crate::dimse::{self, status, Command};
 use crate::queue::Recorded;
 use crate::store::{self, uid_hash, Incoming, StoreError};
@@ -45,7 +45,8 @@ pub(super) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let (r, mut w) = tokio::io::split(stream);
-    let mut reader = PduReader::new(r);
+    // Headers and small PDUs come out of this buffer, not a read call each.
+    let mut reader = PduReader::new(BufReader::with_capacity(READ_BUFFER_BYTES, r));
     let cfg = &rx.cfg.receive;
     let request = secs(cfg.request_timeout_s);
     let write = secs(cfg.read_timeout_s);
@@ -175,7 +176,7 @@ struct Current {
 }
 
 struct Session<S> {
-    reader: PduReader<ReadHalf<S>>,
+    reader: PduReader<BufReader<ReadHalf<S>>>,
     writer: WriteHalf<S>,
     peer: SocketAddr,
     calling: String,
