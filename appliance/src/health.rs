@@ -299,7 +299,7 @@ pub struct Monitor {
     scoring_heartbeat_ms: AtomicU64,
     pub receiver_alive: AtomicBool,
     /// Connections before their association (TLS handshake, A-ASSOCIATE-RQ).
-    pub pending: AtomicU64,
+    pub pending: Arc<AtomicU64>,
     /// What the receive path refused or ended, by (family, reason): `violations` (protocol
     /// or limit broken: A-ABORT), `connections` (not let in or not associated), `instances`
     /// (a C-STORE answered with an error status).
@@ -335,7 +335,7 @@ impl Default for Monitor {
             scoring_since_ms: AtomicU64::new(0),
             scoring_heartbeat_ms: AtomicU64::new(now),
             receiver_alive: AtomicBool::new(false),
-            pending: AtomicU64::new(0),
+            pending: Arc::new(AtomicU64::new(0)),
             receive_events: Mutex::new(BTreeMap::new()),
             db_open: AtomicBool::new(false),
             listener_bound: AtomicBool::new(false),

@@ -8,12 +8,15 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
     per_source: HashMap<IpAddr, usize>,
+    /// Where the total is shown (the status port's gauge).
+    gauge: Arc<AtomicU64>,
 }
 
 /// Why a connection was not let in.
@@ -55,9 +58,14 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 impl Pending {
-    pub fn new(max_total: usize, max_per_source: usize) -> Pending {
+    /// A pool of `max_total` places, `max_per_source` per address; `gauge` always holds how
+    /// many are taken.
+    pub fn new(max_total: usize, max_per_source: usize, gauge: Arc<AtomicU64>) -> Pending {
         Pending {
-            counts: Arc::default(),
+            counts: Arc::new(Mutex::new(Counts {
+                gauge,
+                ..Counts::default()
+            })),
             max_total: max_total.max(1),
             max_per_source: max_per_source.max(1),
         }
@@ -76,6 +84,7 @@ impl Pending {
         }
         *n += 1;
         c.total += 1;
+        c.gauge.store(c.total as u64, Ordering::Relaxed);
         Ok(Ticket {
             counts: self.counts.clone(),
             ip,
@@ -83,6 +92,7 @@ impl Pending {
     }
 
     /// Pending connections now.
+    #[cfg(test)]
     pub fn count(&self) -> usize {
         self.counts.lock().unwrap_or_else(|e| e.into_inner()).total
     }
@@ -92,6 +102,7 @@ impl Drop for Ticket {
     fn drop(&mut self) {
         let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         c.total = c.total.saturating_sub(1);
+        c.gauge.store(c.total as u64, Ordering::Relaxed);
         if let Some(n) = c.per_source.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
@@ -107,7 +118,8 @@ mod tests {
 
     #[test]
     fn one_address_fills_its_share_and_no_more() {
-        let p = Pending::new(5, 3);
+        let gauge = Arc::new(AtomicU64::new(0));
+        let p = Pending::new(5, 3, gauge.clone());
         let a: IpAddr = "127.0.0.2".parse().unwrap();
         let b: IpAddr = "127.0.0.1".parse().unwrap();
         let held: Vec<Ticket> = (0..3).map(|_| p.enter(a).unwrap()).collect();
@@ -118,6 +130,7 @@ mod tests {
         let _b2 = p.enter(b).unwrap();
         assert_eq!(p.enter(b).unwrap_err(), Full::Total);
         assert_eq!(p.count(), 5);
+        assert_eq!(gauge.load(Ordering::Relaxed), 5);
         drop(b1);
         assert!(p.enter(b).is_ok());
         drop(held);

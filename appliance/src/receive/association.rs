@@ -51,8 +51,10 @@ pub(super) async fn run<S>(
     let request = secs(cfg.request_timeout_s);
     let write = secs(cfg.read_timeout_s);
     let limits = rx.pdu_limits();
+    // The whole request within the request timeout, however slowly its bytes come.
+    let whole = tokio::time::timeout(request, reader.next(Phase::Request, &limits, request, request));
     let header = tokio::select! {
-        h = reader.next(Phase::Request, &limits, request, request) => h,
+        h = whole => h.unwrap_or(Err(ReadError::Timeout(request))),
         _ = shutdown.wait_for(|v| *v) => return,
     };
     let refuse = |reason: &'static str| rx.monitor.receive_event("connections", reason);

@@ -193,7 +193,11 @@ pub async fn run(
     let r = &rx.cfg.receive;
     let max = r.max_associations.max(1);
     let slots = Arc::new(Semaphore::new(max));
-    let pending = admit::Pending::new(r.max_pending, r.max_pending_per_source);
+    let pending = admit::Pending::new(
+        r.max_pending,
+        r.max_pending_per_source,
+        rx.monitor.pending.clone(),
+    );
     if let Ok(addr) = listener.local_addr() {
         let m = r.memory_bound();
         info!(%addr, ae = %rx.cfg.ae_title, tls = rx.tls.is_some(), max_associations = max,
@@ -237,17 +241,7 @@ pub async fn run(
         };
         let _ = socket.set_nodelay(true);
         let (rx, slots, shutdown) = (rx.clone(), slots.clone(), shutdown.clone());
-        let monitor = rx.monitor.clone();
-        monitor
-            .pending
-            .store(pending.count() as u64, std::sync::atomic::Ordering::Relaxed);
-        let pending = pending.clone();
-        tokio::spawn(async move {
-            connection(socket, peer, rx, slots, ticket, shutdown).await;
-            monitor
-                .pending
-                .store(pending.count() as u64, std::sync::atomic::Ordering::Relaxed);
-        });
+        tokio::spawn(connection(socket, peer, rx, slots, ticket, shutdown));
     }
     drop(listener);
     info!("storage SCP stopped accepting; waiting for running associations");
