@@ -1,6 +1,8 @@
 //! Helpers for the end-to-end tests: find the `cacd` binary, write phantoms, run `cacd serve`
 //! with a generated config on loopback, and run DCMTK tools.
 
+pub mod wire;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -167,30 +167,25 @@ fn over_the_association_cap_is_refused_transient() {
         "max_associations = 1\nread_timeout_s = 20\n",
     );
     let serve = Serve::start(&cfg, port, &tmp.path().join("data"));
-    // Hold the only slot: a connection that never sends its association request. The daemon
-    // may still be finishing an earlier connection (the start-up probe) when it arrives, and
-    // then refuses *it* as the one too many; so: hold, check, and retry with a new hold while
-    // the echo still gets through. Before this loop the test failed under load (it was
-    // ignored in CI for that): the race was in the test, the cap held every time.
-    let mut held = None;
-    for _ in 0..10 {
-        let hold = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        std::thread::sleep(Duration::from_millis(300));
-        let busy = echo(port, "CT01", "CACD");
-        if !busy.status.success() {
-            held = Some((hold, busy));
-            break;
-        }
-        drop(hold);
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    let (hold, busy) = held.expect("an echo was refused while a connection held the only slot");
+    // Connections that never complete their association request hold no slot (they wait in
+    // the pending pool): the echo still gets the only one.
+    let half_open: Vec<_> = (0..3)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let through = echo(port, "CT01", "CACD");
+    assert!(through.status.success(), "{}", text(&through));
+    // A real association holds the slot: the next one is refused, transient.
+    let held = cacd_e2e::wire::associate(port);
+    let busy = echo(port, "CT01", "CACD");
+    assert!(!busy.status.success());
     assert!(
         text(&busy).contains("Rejected Transient"),
         "{}",
         text(&busy)
     );
-    drop(hold);
+    drop(held);
+    drop(half_open);
     assert!(wait_until(Duration::from_secs(10), || echo(
         port, "CT01", "CACD"
     )

@@ -57,18 +57,34 @@ pub struct Config {
     pub destinations: Vec<Destination>,
 }
 
-/// Storage SCP limits.
+/// Storage SCP limits. Every length a peer declares is checked against one of these before
+/// any byte of it is buffered; [`ReceiveConfig::memory_bound`] states what they add up to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReceiveConfig {
-    /// Concurrent associations; one more is refused with A-ASSOCIATE-RJ (transient).
+    /// Concurrent associations; one more is refused with A-ASSOCIATE-RJ (transient). A
+    /// connection takes a slot only once its A-ASSOCIATE-RQ is complete and accepted.
     pub max_associations: usize,
-    /// Largest PDU we accept, bytes.
+    /// Largest PDU we accept, bytes (announced in the A-ASSOCIATE-AC).
     pub max_pdu: u32,
     /// Time allowed for the rest of a message once it has started, seconds.
     pub read_timeout_s: f64,
     /// Time an association may sit idle between messages, seconds.
     pub idle_timeout_s: f64,
+    /// Time a new connection gets to complete its A-ASSOCIATE-RQ (TLS handshake aside),
+    /// seconds.
+    pub request_timeout_s: f64,
+    /// Connections still before their association (TLS handshake, A-ASSOCIATE-RQ) at once,
+    /// in total...
+    pub max_pending: usize,
+    /// ...and from one source address; more are closed at once.
+    pub max_pending_per_source: usize,
+    /// Largest A-ASSOCIATE-RQ PDU, bytes.
+    pub max_associate_rq_bytes: u32,
+    /// Largest DIMSE command set (all its fragments), bytes.
+    pub max_command_bytes: u32,
+    /// Largest data set of one instance, bytes (streamed to disk, not held in memory).
+    pub max_instance_bytes: u64,
     /// Refuse instances (status A700) when free space falls under this many bytes...
     pub min_free_bytes: u64,
     /// ...or under this percentage of the file system.
@@ -337,8 +353,67 @@ impl Default for ReceiveConfig {
             max_pdu: 65536,
             read_timeout_s: 30.0,
             idle_timeout_s: 120.0,
+            request_timeout_s: 5.0,
+            max_pending: 64,
+            max_pending_per_source: 16,
+            max_associate_rq_bytes: 65536,
+            max_command_bytes: 16384,
+            max_instance_bytes: 2 << 30,
             min_free_bytes: 1 << 30,
             min_free_percent: 5.0,
+        }
+    }
+}
+
+/// A P-DATA-TF may run this far past the `max_pdu` we announced: some peers count the PDV
+/// headers (or the PDU header) against it. Still checked before anything is read.
+pub const PDU_SLACK: u32 = 4096;
+/// Dataset bytes of one instance are written to disk once this many are buffered.
+pub const FLUSH_BYTES: usize = 1 << 20;
+/// The write buffer of an instance's temp file (`store::Incoming`).
+pub const FILE_BUFFER_BYTES: usize = 256 * 1024;
+/// What a TLS session holds (rustls' record buffers, both directions), allowed per connection.
+pub const TLS_BUFFER_BYTES: usize = 64 * 1024;
+/// The read buffer in front of each connection's PDU reader.
+pub const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// The most the receive path can hold in memory for peers' bytes, by construction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBound {
+    /// One established association: its PDU buffer, command set, data-set buffer and file
+    /// buffer (and TLS).
+    pub per_association: usize,
+    /// One connection before its association: the A-ASSOCIATE-RQ (and TLS).
+    pub per_pending: usize,
+    /// `max_associations` × per association + `max_pending` × per pending.
+    pub total: usize,
+}
+
+impl ReceiveConfig {
+    /// The longest P-DATA-TF accepted.
+    pub fn max_p_data(&self) -> u32 {
+        self.max_pdu.saturating_add(PDU_SLACK)
+    }
+
+    /// What [`MemoryBound`] says the limits add up to.
+    pub fn memory_bound(&self) -> MemoryBound {
+        let pdu = self.max_p_data() as usize;
+        // The read buffer and the PDU being read, the command set, the data-set buffer
+        // (flushed at FLUSH_BYTES, so at most one PDU past it), the temp file's write buffer,
+        // TLS.
+        let per_association = READ_BUFFER_BYTES
+            + pdu
+            + self.max_command_bytes as usize
+            + (FLUSH_BYTES + pdu)
+            + FILE_BUFFER_BYTES
+            + TLS_BUFFER_BYTES;
+        let per_pending =
+            READ_BUFFER_BYTES + self.max_associate_rq_bytes as usize + TLS_BUFFER_BYTES;
+        MemoryBound {
+            per_association,
+            per_pending,
+            total: self.max_associations.saturating_mul(per_association)
+                + self.max_pending.saturating_mul(per_pending),
         }
     }
 }
@@ -381,6 +456,14 @@ impl Default for HousekeepingConfig {
 /// largest dicom-ul reads.
 const MIN_PDU: u32 = 4096;
 const MAX_PDU: u32 = 131_072;
+/// An A-ASSOCIATE-RQ with one presentation context fits in 1 KiB; 128 contexts of long UIDs
+/// in 40 KiB.
+const MIN_ASSOCIATE_RQ: u32 = 1024;
+const MAX_ASSOCIATE_RQ: u32 = 1 << 20;
+/// A C-STORE-RQ command set is a few hundred bytes.
+const MIN_COMMAND: u32 = 512;
+const MAX_COMMAND: u32 = 1 << 20;
+const MIN_INSTANCE: u64 = 1 << 20;
 
 impl Config {
     /// Reads and validates `path`.
@@ -443,6 +526,34 @@ impl Config {
         }
         positive(&mut p, "receive.read_timeout_s", r.read_timeout_s);
         positive(&mut p, "receive.idle_timeout_s", r.idle_timeout_s);
+        positive(&mut p, "receive.request_timeout_s", r.request_timeout_s);
+        if r.max_pending == 0 {
+            p.push("receive.max_pending: must be at least 1".into());
+        }
+        if r.max_pending_per_source == 0 || r.max_pending_per_source > r.max_pending {
+            p.push(format!(
+                "receive.max_pending_per_source: {} is outside 1..=receive.max_pending ({})",
+                r.max_pending_per_source, r.max_pending
+            ));
+        }
+        if !(MIN_ASSOCIATE_RQ..=MAX_ASSOCIATE_RQ).contains(&r.max_associate_rq_bytes) {
+            p.push(format!(
+                "receive.max_associate_rq_bytes: {} is outside {MIN_ASSOCIATE_RQ}..={MAX_ASSOCIATE_RQ}",
+                r.max_associate_rq_bytes
+            ));
+        }
+        if !(MIN_COMMAND..=MAX_COMMAND).contains(&r.max_command_bytes) {
+            p.push(format!(
+                "receive.max_command_bytes: {} is outside {MIN_COMMAND}..={MAX_COMMAND}",
+                r.max_command_bytes
+            ));
+        }
+        if r.max_instance_bytes < MIN_INSTANCE {
+            p.push(format!(
+                "receive.max_instance_bytes: {} is under {MIN_INSTANCE}",
+                r.max_instance_bytes
+            ));
+        }
         if !(0.0..100.0).contains(&r.min_free_percent) {
             p.push(format!(
                 "receive.min_free_percent: {} is outside 0..100",
@@ -890,6 +1001,36 @@ mod tests {
         let bad = ok.replace("green:status\"\n", "amber:status\"\n");
         let p = Config::parse(&bad).unwrap().problems();
         assert!(p.iter().any(|l| l.starts_with("led.name:")), "{p:?}");
+    }
+
+    #[test]
+    fn receive_limits_are_checked_and_add_up_to_the_stated_bound() {
+        let m = ReceiveConfig::default().memory_bound();
+        assert_eq!(m.per_association, 1_548_288);
+        assert_eq!(m.per_pending, 147_456);
+        assert_eq!(m.total, 8 * 1_548_288 + 64 * 147_456);
+        assert!(
+            m.total < 24 << 20,
+            "defaults fit a Jetson with room to spare"
+        );
+        let p = Config::parse(
+            "[receive]\nmax_pending = 4\nmax_pending_per_source = 5\nmax_command_bytes = 10\n\
+             max_associate_rq_bytes = 4294967295\nrequest_timeout_s = 0\nmax_instance_bytes = 1",
+        )
+        .unwrap()
+        .problems();
+        for key in [
+            "receive.max_pending_per_source:",
+            "receive.max_command_bytes:",
+            "receive.max_associate_rq_bytes:",
+            "receive.request_timeout_s:",
+            "receive.max_instance_bytes:",
+        ] {
+            assert!(
+                p.iter().any(|l| l.starts_with(key)),
+                "{key} missing in {p:?}"
+            );
+        }
     }
 
     #[test]

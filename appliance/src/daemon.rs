@@ -28,7 +28,7 @@ use crate::forward::{self, ScuOptions, SendError};
 use crate::health::{self, Monitor, SharedLed, State};
 pub use crate::housekeeping::prune;
 use crate::pipeline::{self, Outcome, Pipeline};
-use crate::queue::{now_ms, Attempt, Queue, QueueError, ScoringEnd, SeriesRecord};
+use crate::queue::{now_ms, Attempt, Progress, Queue, QueueError, ScoringEnd, SeriesRecord};
 use crate::receive::{self, Receiver};
 use crate::reports::{self, Outbox, ReportError};
 use crate::result::ModelInfo;
@@ -225,6 +225,7 @@ pub async fn start_with(
     tasks.push(tokio::spawn(health::run_loop(
         cfg.clone(),
         monitor.clone(),
+        queue.clone(),
         led,
         sim,
         led_error,
@@ -443,6 +444,21 @@ fn score_one(
     } else {
         scorer.score_into(&inputs, rec.version, &out)
     };
+    // A re-score supersedes what a PACS may hold: the new SR references the earlier one, the
+    // summary says so. Done before the run is recorded, so a restart simply does it again.
+    if let (ScoringEnd::Scored { .. }, Some(prev)) = (&end, rec.supersedes) {
+        match supersede(store, rec, prev, &out) {
+            Ok(()) => {
+                info!(stage = "score", series_hash = %h, version = rec.version, supersedes = prev, "results supersede an earlier version")
+            }
+            Err(e) => {
+                warn!(stage = "score", series_hash = %h, version = rec.version, supersedes = prev, error = %crate::uid::redact(&e), "results cannot reference the version they supersede")
+            }
+        }
+    }
+    // Reasons go to logs, the status page and reports: UIDs in them are hashed there (the
+    // result files keep the full text for the PACS).
+    let end = redacted(end);
     let ms = t.elapsed().as_millis();
     record_latencies(&ops.monitor, &out.join("result.json"), t.elapsed());
     match &end {
@@ -485,6 +501,75 @@ fn score_one(
     Ok(())
 }
 
+/// Marks the results of `rec.version` in `out` as superseding version `prev` (its SR in the
+/// outbox): the SR gets a Predecessor Documents Sequence and a note, the summary image says
+/// "supersedes v<prev>", result.json gets `supersedes_version`. Each file is rewritten
+/// atomically; doing it twice gives the same files.
+fn supersede(
+    store: &Store,
+    rec: &SeriesRecord,
+    prev: u32,
+    out: &std::path::Path,
+) -> Result<(), String> {
+    use crate::encode::{self, sr, summary};
+    let open = |p: &std::path::Path| {
+        dicom_object::open_file(p).map_err(|e| format!("{}: {e}", forward::file_label(p)))
+    };
+    let prev_sr = store
+        .outbox_series_dir(&rec.study_uid, &rec.series_uid)
+        .join(format!("v{prev}"))
+        .join("sr.dcm");
+    let earlier = sr::Predecessor::of(&*open(&prev_sr)?, prev).map_err(|e| e.to_string())?;
+    let sr_path = out.join("sr.dcm");
+    let mut report = open(&sr_path)?;
+    sr::supersede(&mut report, &earlier);
+    encode::write_dicom(&report, &sr_path).map_err(|e| e.to_string())?;
+    let summary_path = out.join("summary.dcm");
+    if summary_path.exists() {
+        let mut image = open(&summary_path)?;
+        summary::supersede(&mut image, rec.version, prev).map_err(|e| e.to_string())?;
+        encode::write_dicom(&image, &summary_path).map_err(|e| e.to_string())?;
+    }
+    let json_path = out.join("result.json");
+    if let Ok(bytes) = std::fs::read(&json_path) {
+        if let Ok(serde_json::Value::Object(mut m)) = serde_json::from_slice(&bytes) {
+            m.insert("supersedes_version".into(), prev.into());
+            let text = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
+            crate::fsutil::write_atomic(&json_path, &text)
+                .map_err(|e| format!("result.json: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `end` with every UID in its reason hashed (`uid::redact`).
+fn redacted(end: ScoringEnd) -> ScoringEnd {
+    use crate::uid::redact;
+    match end {
+        ScoringEnd::Scored {
+            results,
+            agatston_total,
+            not_scored,
+        } => ScoringEnd::Scored {
+            results,
+            agatston_total,
+            not_scored: not_scored.map(|r| redact(&r)),
+        },
+        ScoringEnd::Rejected { reason } => ScoringEnd::Rejected {
+            reason: redact(&reason),
+        },
+        ScoringEnd::Failed { reason } => ScoringEnd::Failed {
+            reason: redact(&reason),
+        },
+        ScoringEnd::Crashed { reason } => ScoringEnd::Crashed {
+            reason: redact(&reason),
+        },
+        ScoringEnd::Error { reason } => ScoringEnd::Error {
+            reason: redact(&reason),
+        },
+    }
+}
+
 /// Stage latencies of one scoring run: the pipeline's own timings from result.json, and the
 /// whole run as `total`.
 fn record_latencies(monitor: &Monitor, result_json: &std::path::Path, total: Duration) {
@@ -504,11 +589,70 @@ fn record_latencies(monitor: &Monitor, result_json: &std::path::Path, total: Dur
 
 /// What one delivery attempt does to the queue.
 enum Update {
-    /// It reached the peer (or failed to): recorded against the delivery.
-    Attempt(Attempt),
+    /// It reached the peer (or failed to): recorded against the delivery, with the files it
+    /// delivered and those the peer refused.
+    Attempt(Attempt, Progress),
     /// A result file was missing or unreadable, so nothing was sent: the series is scored
     /// again from its stored instances (same version, so the same result UIDs).
     Rescore(String),
+}
+
+/// Turns one association's [`forward::Batch`] into the queue update, with its log lines.
+fn delivery_update(
+    batch: forward::Batch,
+    id: &str,
+    h: &str,
+    d: &crate::queue::Delivery,
+    (initial, max): (Duration, Duration),
+    monitor: &Monitor,
+) -> Update {
+    let attempt_no = d.attempts + 1;
+    let progress = Progress {
+        delivered: batch.delivered,
+        refused: batch
+            .refused
+            .into_iter()
+            .map(|(f, e)| (f, crate::uid::redact(&e)))
+            .collect(),
+    };
+    for (f, error) in &progress.refused {
+        error!(stage = "forward", destination = %id, series_hash = %h, file = %forward::file_label(f), %error, "result object refused for good by the destination; the others are still sent");
+    }
+    let attempt = match batch.stopped {
+        None => {
+            let ok = progress.refused.is_empty();
+            let error = (!ok).then(|| "objects refused".to_string());
+            monitor.forward_attempt(id, ok, true, error);
+            if ok {
+                info!(stage = "forward", destination = %id, series_hash = %h, version = d.version, attempt = attempt_no, files = progress.delivered.len(), "delivered");
+            } else {
+                warn!(stage = "forward", destination = %id, series_hash = %h, version = d.version, attempt = attempt_no, files = progress.delivered.len(), refused = progress.refused.len(), "delivered all but the refused objects");
+            }
+            Attempt::Delivered
+        }
+        Some(SendError::Transient(error)) => {
+            let error = crate::uid::redact(&error);
+            monitor.forward_attempt(id, false, false, Some(error.clone()));
+            let wait = forward::backoff(initial, max, attempt_no);
+            warn!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, sent = progress.delivered.len(), retry_in_s = wait.as_secs_f64(), %error, "delivery failed (transient)");
+            Attempt::Transient {
+                error,
+                retry_at_ms: now_ms() + wait.as_millis() as u64,
+            }
+        }
+        Some(SendError::Permanent(error)) => {
+            let error = crate::uid::redact(&error);
+            monitor.forward_attempt(id, false, true, Some(error.clone()));
+            error!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, %error, "delivery failed (permanent); not retrying");
+            Attempt::Permanent { error }
+        }
+        Some(SendError::ResultMissing(error)) => {
+            // Nothing reached the peer: not an attempt (see `Update::Rescore`).
+            warn!(stage = "forward", destination = %id, series_hash = %h, version = d.version, %error, "result file missing or unreadable; scoring the series again");
+            return Update::Rescore(error);
+        }
+    };
+    Update::Attempt(attempt, progress)
 }
 
 async fn forward_loop(
@@ -521,7 +665,7 @@ async fn forward_loop(
 ) {
     let id = dest.id();
     let opts = ScuOptions::from_config(&cfg);
-    let (initial, max) = (
+    let backoff = (
         secs(cfg.forward.backoff_initial_s),
         secs(cfg.forward.backoff_max_s),
     );
@@ -544,37 +688,17 @@ async fn forward_loop(
                 return;
             }
             let h = store::uid_hash(&s.series_uid);
-            let attempt_no = d.attempts + 1;
-            let update = match forward::store_files(&opts, &dest, &s.results).await {
-                Ok(()) => {
-                    monitor.forward_attempt(&id, true, true, None);
-                    info!(stage = "forward", destination = %id, series_hash = %h, version = d.version, attempt = attempt_no, files = s.results.len(), "delivered");
-                    Update::Attempt(Attempt::Delivered)
-                }
-                Err(SendError::Transient(error)) => {
-                    monitor.forward_attempt(&id, false, false, Some(error.clone()));
-                    let wait = forward::backoff(initial, max, attempt_no);
-                    warn!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, retry_in_s = wait.as_secs_f64(), %error, "delivery failed (transient)");
-                    Update::Attempt(Attempt::Transient {
-                        error,
-                        retry_at_ms: now_ms() + wait.as_millis() as u64,
-                    })
-                }
-                Err(SendError::Permanent(error)) => {
-                    monitor.forward_attempt(&id, false, true, Some(error.clone()));
-                    error!(stage = "forward", destination = %id, series_hash = %h, attempt = attempt_no, %error, "delivery failed (permanent); not retrying");
-                    Update::Attempt(Attempt::Permanent { error })
-                }
-                Err(SendError::ResultMissing(error)) => {
-                    // Nothing reached the peer: not an attempt (see `Update::Rescore`).
-                    warn!(stage = "forward", destination = %id, series_hash = %h, version = d.version, %error, "result file missing or unreadable; scoring the series again");
-                    Update::Rescore(error)
-                }
-            };
+            // Files this destination already acknowledged, or refused for good, are not sent
+            // again (an operator's retry clears the refusals).
+            let todo = d.to_send(&s.results);
+            let batch = forward::store_each(&opts, &dest, &todo).await;
+            let update = delivery_update(batch, &id, &h, &d, backoff, &monitor);
             let q = queue.clone();
             let (series_uid, idc, version) = (s.series_uid.clone(), id.clone(), d.version);
             match tokio::task::spawn_blocking(move || match update {
-                Update::Attempt(attempt) => q.record_attempt(&series_uid, &idc, version, attempt),
+                Update::Attempt(attempt, progress) => {
+                    q.record_attempt(&series_uid, &idc, version, attempt, progress)
+                }
                 Update::Rescore(reason) => q.rescore_missing(&series_uid, version, &reason),
             })
             .await

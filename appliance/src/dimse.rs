@@ -51,8 +51,15 @@ fn trim(s: &str) -> String {
     s.trim_end_matches(['\0', ' ']).to_string()
 }
 
-/// Parses a command set.
+/// Parses a command set. Its element lengths are walked first (`lengths`): the parser sizes a
+/// value's buffer from its declared length, so a 16 KiB command declaring a 4 GB element would
+/// otherwise make it allocate 4 GB.
 pub fn read_command(bytes: &[u8]) -> Result<Command, DimseError> {
+    crate::lengths::check(
+        &mut &bytes[..],
+        crate::lengths::Encoding::of(IMPLICIT_VR_LE),
+    )
+    .map_err(|e| DimseError(e.to_string()))?;
     let obj = InMemDicomObject::read_dataset_with_ts(bytes, &IMPLICIT_VR_LITTLE_ENDIAN.erased())
         .map_err(|e| DimseError(e.to_string()))?;
     let u16_of = |tag| {
@@ -226,5 +233,9 @@ mod tests {
         let e = read_command(&c_echo_rq(3)).unwrap();
         assert_eq!((e.field, e.has_dataset), (C_ECHO_RQ, false));
         assert!(read_command(b"\x01\x02garbage").is_err());
+        // An element declaring 4 GB in a few bytes: refused without allocating it.
+        let mut lying = c_echo_rq(3);
+        lying.extend_from_slice(&[0x00, 0x00, 0x00, 0x09, 0xF0, 0xFF, 0xFF, 0xFF, 0, 0]);
+        assert!(read_command(&lying).is_err());
     }
 }

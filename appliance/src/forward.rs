@@ -105,7 +105,7 @@ fn encode_dataset(path: &PathBuf, ts_uid: &str) -> Result<Vec<u8>, SendError> {
     let obj = dicom_object::open_file(path).map_err(|e| result_missing(path, e))?;
     let mut out = Vec::new();
     obj.write_dataset_with_ts(&mut out, ts)
-        .map_err(|e| SendError::Permanent(format!("encoding {}: {e}", path.display())))?;
+        .map_err(|e| SendError::Permanent(format!("encoding {}: {e}", file_label(path))))?;
     Ok(out)
 }
 
@@ -139,9 +139,57 @@ pub async fn store_files(
     dest: &Destination,
     files: &[PathBuf],
 ) -> Result<(), SendError> {
-    if files.is_empty() {
-        return Ok(());
+    let batch = store_each(opts, dest, files).await;
+    if let Some(e) = batch.stopped {
+        return Err(e);
     }
+    match batch.refused.first() {
+        Some((_, e)) => Err(SendError::Permanent(e.clone())),
+        None => Ok(()),
+    }
+}
+
+/// What one association did with each file.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Answered with success (or a warning).
+    pub delivered: Vec<PathBuf>,
+    /// Refused for good by the peer, each with why (a failure status other than A7xx, or its
+    /// SOP class not accepted): the other files are still sent.
+    pub refused: Vec<(PathBuf, String)>,
+    /// Why the batch stopped before every file was answered (the association could not be
+    /// made or broke, the peer is out of resources, a result file is missing): the files in
+    /// neither list were not sent.
+    pub stopped: Option<SendError>,
+}
+
+/// The short name of a result file for reasons and logs (its folders are the study and
+/// series UIDs).
+pub fn file_label(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Stores `files` at `dest` over one association, each on its own: a permanent refusal of one
+/// object does not stop the others.
+pub async fn store_each(opts: &ScuOptions, dest: &Destination, files: &[PathBuf]) -> Batch {
+    let mut batch = Batch::default();
+    if files.is_empty() {
+        return batch;
+    }
+    if let Err(e) = send_batch(opts, dest, files, &mut batch).await {
+        batch.stopped = Some(e);
+    }
+    batch
+}
+
+async fn send_batch(
+    opts: &ScuOptions,
+    dest: &Destination,
+    files: &[PathBuf],
+    batch: &mut Batch,
+) -> Result<(), SendError> {
     let files_owned = files.to_vec();
     let outgoing: Vec<Outgoing> = tokio::task::spawn_blocking(move || {
         files_owned
@@ -185,9 +233,16 @@ pub async fn store_files(
     let mut result = Ok(());
     for (i, o) in outgoing.iter().enumerate() {
         let message_id = u16::try_from(i + 1).unwrap_or(u16::MAX);
-        result = send_one(&mut scu, o, message_id, opts.dimse_timeout).await;
-        if result.is_err() {
-            break;
+        match send_one(&mut scu, o, message_id, opts.dimse_timeout).await {
+            Ok(()) => batch.delivered.push(o.path.clone()),
+            // This object is refused for good; the association goes on with the next.
+            Err(SendError::Permanent(e)) => batch
+                .refused
+                .push((o.path.clone(), format!("{}: {e}", file_label(&o.path)))),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         }
     }
     match &result {

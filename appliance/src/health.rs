@@ -21,7 +21,7 @@ use tracing::{info, warn};
 
 use crate::config::{secs, Config, Destination, LedConfig, LedKind};
 use crate::forward::{self, ScuOptions};
-use crate::queue::now_ms;
+use crate::queue::{now_ms, Queue};
 use crate::result::ModelInfo;
 
 /// What the box is doing, as the LED shows it.
@@ -113,7 +113,7 @@ pub const LED_TABLE: [LedRow; 7] = [
         },
         colour: Colour::Amber,
         meaning: "working, but something needs attention",
-        cause: "a PACS unreachable longer than `health.pacs_unreachable_s`, disk under the watermark, GPU expected but absent (scoring on the CPU)",
+        cause: "a PACS unreachable longer than `health.pacs_unreachable_s`, a series failed (the status page says why; `POST /api/series/{hash}/retry` sends it again), disk under the watermark, GPU expected but absent (scoring on the CPU)",
     },
     LedRow {
         state: State::Scoring,
@@ -171,6 +171,8 @@ pub struct Conditions {
     pub booted: bool,
     /// Destinations unreachable for longer than the threshold.
     pub unreachable: Vec<String>,
+    /// Series in `failed`, each as "series <hash> failed: <why>".
+    pub failed: Vec<String>,
     /// Disk under a watermark (the reason), if so.
     pub disk_low: Option<String>,
     /// A GPU is expected but absent, so scoring runs on the CPU.
@@ -195,6 +197,7 @@ pub fn evaluate(c: &Conditions) -> Health {
         .iter()
         .map(|d| format!("destination {d} unreachable"))
         .collect();
+    degraded.extend(c.failed.iter().cloned());
     degraded.extend(c.disk_low.clone());
     if c.gpu_fallback {
         degraded.push("GPU expected but not available: scoring on the CPU".into());
@@ -295,6 +298,12 @@ pub struct Monitor {
     /// Last sign of life of the scoring thread.
     scoring_heartbeat_ms: AtomicU64,
     pub receiver_alive: AtomicBool,
+    /// Connections before their association (TLS handshake, A-ASSOCIATE-RQ).
+    pub pending: Arc<AtomicU64>,
+    /// What the receive path refused or ended, by (family, reason): `violations` (protocol
+    /// or limit broken: A-ABORT), `connections` (not let in or not associated), `instances`
+    /// (a C-STORE answered with an error status).
+    receive_events: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     pub db_open: AtomicBool,
     pub listener_bound: AtomicBool,
     model: Mutex<Option<ModelInfo>>,
@@ -302,6 +311,8 @@ pub struct Monitor {
     identify_until_ms: AtomicU64,
     stages: Mutex<BTreeMap<String, Histogram>>,
     destinations: Mutex<BTreeMap<String, DestStatus>>,
+    /// Failed series as the health loop last read them from the queue.
+    failed: Mutex<Vec<String>>,
     health: Mutex<Health>,
     led: Mutex<Option<LedShown>>,
     sim: Mutex<Option<SimLedHandle>>,
@@ -324,6 +335,8 @@ impl Default for Monitor {
             scoring_since_ms: AtomicU64::new(0),
             scoring_heartbeat_ms: AtomicU64::new(now),
             receiver_alive: AtomicBool::new(false),
+            pending: Arc::new(AtomicU64::new(0)),
+            receive_events: Mutex::new(BTreeMap::new()),
             db_open: AtomicBool::new(false),
             listener_bound: AtomicBool::new(false),
             model: Mutex::new(None),
@@ -331,6 +344,7 @@ impl Default for Monitor {
             identify_until_ms: AtomicU64::new(0),
             stages: Mutex::new(BTreeMap::new()),
             destinations: Mutex::new(BTreeMap::new()),
+            failed: Mutex::new(Vec::new()),
             health: Mutex::new(Health {
                 state: State::Booting,
                 reasons: Vec::new(),
@@ -365,6 +379,15 @@ impl Monitor {
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
                 Some(n.saturating_sub(1))
             });
+    }
+    /// Counts one refusal or violation (see the `receive_events` field).
+    pub fn receive_event(&self, family: &'static str, reason: &'static str) {
+        *lock(&self.receive_events)
+            .entry((family, reason))
+            .or_insert(0) += 1;
+    }
+    pub fn receive_events(&self) -> BTreeMap<(&'static str, &'static str), u64> {
+        lock(&self.receive_events).clone()
     }
     pub fn bytes_received(&self, n: usize) {
         self.bytes.fetch_add(n as u64, Ordering::Relaxed);
@@ -436,6 +459,12 @@ impl Monitor {
         lock(&self.destinations).clone()
     }
 
+    // --- failed series
+    /// The failed series (hash and why), as read from the queue.
+    pub fn set_failed(&self, failed: Vec<String>) {
+        *lock(&self.failed) = failed;
+    }
+
     // --- identify
     pub fn identify_for(&self, d: Duration) -> u64 {
         let until = now_ms() + d.as_millis() as u64;
@@ -489,6 +518,7 @@ impl Monitor {
             faults: self.faults(),
             booted: self.booted(),
             unreachable,
+            failed: lock(&self.failed).clone(),
             disk_low: disk_low(cfg),
             gpu_fallback: cfg.health.expect_gpu && !cacd_hal::sensors::gpu_present(),
             receiving: self.associations.load(Ordering::Relaxed) > 0
@@ -651,10 +681,28 @@ pub fn status_line(h: &Health) -> String {
     }
 }
 
+/// "series <hash> failed: <why>" for each failed series (identifiers hashed, also in the why).
+pub fn failed_reasons(queue: &Queue) -> Vec<String> {
+    match queue.failed() {
+        Ok(v) => v
+            .iter()
+            .map(|r| {
+                format!(
+                    "series {} failed: {}",
+                    crate::store::uid_hash(&r.series_uid),
+                    crate::uid::redact(r.reason.as_deref().unwrap_or("no reason recorded"))
+                )
+            })
+            .collect(),
+        Err(e) => vec![format!("queue: {e}")],
+    }
+}
+
 /// The health loop: once a second until shutdown.
 pub async fn run_loop(
     cfg: Arc<Config>,
     monitor: Arc<Monitor>,
+    queue: Queue,
     led: SharedLed,
     sim: Option<SimLedHandle>,
     led_error: Option<String>,
@@ -670,6 +718,10 @@ pub async fn run_loop(
     let mut last_probe: Option<Instant> = None;
     let scu = ScuOptions::from_config(&cfg);
     loop {
+        let q = queue.clone();
+        if let Ok(failed) = tokio::task::spawn_blocking(move || failed_reasons(&q)).await {
+            monitor.set_failed(failed);
+        }
         let h = evaluate(&monitor.conditions(&cfg));
         if last_state != Some(h.state) {
             show(&monitor, &led, h.state, led_error.clone());
@@ -753,6 +805,10 @@ mod tests {
             },
             Conditions {
                 gpu_fallback: true,
+                ..booted()
+            },
+            Conditions {
+                failed: vec!["series 0123456789ab failed: RECV: refused".into()],
                 ..booted()
             },
         ] {

@@ -23,6 +23,8 @@ pub enum LengthError {
     NotPart10,
     #[error("unexpected delimiter ({0:04X},{1:04X})")]
     UnexpectedDelimiter(u16, u16),
+    #[error("element ({0:04X},{1:04X}) of {2} bytes is not a whole number of {3}-byte values")]
+    PartialValue(u16, u16, u32, u32),
     #[error("reading the dataset: {0}")]
     Io(#[from] io::Error),
 }
@@ -180,12 +182,32 @@ fn is_short_vr(vr: &[u8; 2]) -> bool {
     )
 }
 
-/// Whether a tag is a sequence in the standard dictionary (implicit VR datasets do not say).
-fn is_standard_sequence(tag: (u16, u16)) -> bool {
+/// A tag's VR in the standard dictionary.
+fn standard_vr(tag: (u16, u16)) -> Option<dicom_core::VR> {
     use dicom_core::dictionary::DataDictionary;
     dicom_dictionary_std::StandardDataDictionary
         .by_tag(dicom_core::Tag(tag.0, tag.1))
-        .is_some_and(|e| e.vr.relaxed() == dicom_core::VR::SQ)
+        .map(|e| e.vr.relaxed())
+}
+
+/// The two-letter code of a VR.
+fn vr_code(vr: dicom_core::VR) -> [u8; 2] {
+    match vr.to_string().as_bytes() {
+        [a, b] => [*a, *b],
+        _ => *b"UN",
+    }
+}
+
+/// The size of one value of a binary VR. dicom-rs reads `len / size` values of these and
+/// leaves any remainder unread, so the next header is read out of step (where a garbage
+/// length then sizes an allocation): such a length is refused.
+fn value_size(vr: &[u8; 2]) -> Option<u32> {
+    match vr {
+        b"US" | b"SS" | b"OW" => Some(2),
+        b"UL" | b"SL" | b"FL" | b"AT" | b"OF" | b"OL" => Some(4),
+        b"FD" | b"SV" | b"UV" | b"OD" | b"OV" => Some(8),
+        _ => None,
+    }
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -354,10 +376,14 @@ impl<R: Read> Walker<'_, R> {
                 continue;
             }
             let value_end = self.value_end(tag, len, bound)?;
-            let is_sq = match vr {
-                Some(v) => &v == b"SQ",
-                None => is_standard_sequence(tag),
-            };
+            // Implicit VR: the dictionary's VR, as dicom-rs reads it.
+            let vr = vr.or_else(|| standard_vr(tag).map(vr_code));
+            if let Some(size) = vr.as_ref().and_then(value_size) {
+                if len % size != 0 {
+                    return Err(LengthError::PartialValue(tag.0, tag.1, len, size));
+                }
+            }
+            let is_sq = vr.as_ref() == Some(b"SQ");
             if is_sq && len > 0 {
                 // A defined-length sequence: its items, each within it.
                 match self.elements(depth + 1, End::Sequence, Some(value_end))? {
@@ -519,6 +545,34 @@ mod tests {
         let mut bad = long((0x5200, 0x9230), b"SQ", nested.len() as u32, &nested);
         bad.extend(vec![0u8; 64]);
         assert!(check(&mut bad.as_slice(), LE).is_err());
+    }
+
+    /// A binary value whose length is not a whole number of values (a UL of 1 byte): dicom-rs
+    /// reads none and the next header out of step — found by the `association` fuzz target in
+    /// a command set, where the misread header then declared 2 GiB.
+    #[test]
+    fn partial_binary_values_are_refused() {
+        let mut cmd = 0u32.to_le_bytes().to_vec(); // (0000,0000) CommandGroupLength, UL...
+        cmd.extend(1u32.to_le_bytes()); // ...of one byte
+        cmd.push(0);
+        cmd.extend([0, 0, 0, 1, 0, 0, 0, 0x80]); // what dicom-rs would read next
+        assert!(matches!(
+            check(&mut &cmd[..], IMPLICIT),
+            Err(LengthError::PartialValue(0, 0, 1, 4))
+        ));
+        let rows = short((0x0028, 0x0010), b"US", &[1, 2, 3]);
+        assert!(matches!(
+            check(&mut &rows[..], LE),
+            Err(LengthError::PartialValue(0x0028, 0x0010, 3, 2))
+        ));
+        let fine = short((0x0028, 0x0010), b"US", &[0, 2]);
+        assert!(check(&mut &fine[..], LE).is_ok());
+        // Implicit VR, by the dictionary: Rows is US.
+        let mut rows = 0x0028u16.to_le_bytes().to_vec();
+        rows.extend(0x0010u16.to_le_bytes());
+        rows.extend(3u32.to_le_bytes());
+        rows.extend([1, 2, 3]);
+        assert!(check(&mut &rows[..], IMPLICIT).is_err());
     }
 
     #[test]

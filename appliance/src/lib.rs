@@ -34,5 +34,6 @@ pub mod score;
 pub mod status;
 pub mod store;
 pub mod train_data;
+pub mod uid;
 pub mod volume;
 pub mod worker;

@@ -144,6 +144,13 @@ fn check_config(file: &std::path::Path) -> Result<()> {
     if !problems.is_empty() {
         std::process::exit(1);
     }
+    let m = cfg.receive.memory_bound();
+    println!(
+        "receive memory bound: {} KiB per association, {} KiB per pending connection, {} MiB in all",
+        m.per_association >> 10,
+        m.per_pending >> 10,
+        m.total.div_ceil(1 << 20)
+    );
     println!("{}: ok", file.display());
     Ok(())
 }

@@ -86,6 +86,14 @@ pub struct SeriesRecord {
     pub agatston_total: Option<f64>,
     pub updated_ms: u64,
     pub delivered_ms: Option<u64>,
+    /// The latest result version of which a destination acknowledged an object (or that was
+    /// kept in the outbox with no destination): what a PACS may hold.
+    #[serde(default)]
+    pub sent_version: Option<u32>,
+    /// The version the current one supersedes: `sent_version` when this version's scoring
+    /// started (its results reference that version's SR and say so).
+    #[serde(default)]
+    pub supersedes: Option<u32>,
 }
 
 impl SeriesRecord {
@@ -119,6 +127,52 @@ pub struct Delivery {
     pub next_attempt_ms: u64,
     pub last_error: Option<String>,
     pub updated_ms: u64,
+    /// Result files of this version the destination has acknowledged (not sent again).
+    #[serde(default)]
+    pub sent: Vec<PathBuf>,
+    /// Result files it refused for good, each with why (sent again only on an operator's
+    /// retry).
+    #[serde(default)]
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+impl Delivery {
+    /// The result files still to send to this destination.
+    pub fn to_send(&self, results: &[PathBuf]) -> Vec<PathBuf> {
+        results
+            .iter()
+            .filter(|f| !self.sent.contains(f) && !self.refused.iter().any(|(r, _)| r == *f))
+            .cloned()
+            .collect()
+    }
+}
+
+/// Which files one attempt delivered and which the destination refused.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub delivered: Vec<PathBuf>,
+    pub refused: Vec<(PathBuf, String)>,
+}
+
+/// What an operator's retry did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Retried {
+    /// The refused deliveries go out again.
+    Forwarding,
+    /// The series is scored again (same version, so the same result UIDs).
+    Scoring,
+}
+
+/// Why a retry was not done.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError {
+    #[error("no series with this hash")]
+    NotFound,
+    #[error("the series is {0:?}, not failed")]
+    NotFailed(SeriesState),
+    #[error(transparent)]
+    Queue(#[from] QueueError),
 }
 
 /// The result of one delivery attempt.
@@ -220,11 +274,55 @@ fn encode<T: Serialize>(key: &str, v: &T) -> Result<String, QueueError> {
 }
 
 /// Outcome of recording one received instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     New,
-    /// The same SOP Instance UID was already stored: nothing changes.
+    /// The same SOP Instance UID was already stored in the same series: nothing changes.
     Duplicate,
+    /// The UIDs clash with what is stored: nothing changes, and the instance must be refused
+    /// (answering Success would drop it silently).
+    Conflict(Conflict),
+}
+
+/// A received instance whose UIDs clash with stored ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Conflict {
+    /// Its SOP Instance UID is already stored in another series (of this or another study).
+    #[error("SOP Instance UID already stored in another series")]
+    InstanceElsewhere { stored_series_uid: String },
+    /// Its Series Instance UID is already stored under another study.
+    #[error("Series Instance UID already stored under another study")]
+    SeriesElsewhere { stored_study_uid: String },
+}
+
+/// Whether (study, series, sop) is new, a resend, or clashes with what `series`/`instances`
+/// hold.
+fn admission(
+    series: &impl ReadableTable<&'static str, &'static str>,
+    instances: &impl ReadableTable<&'static str, &'static str>,
+    study_uid: &str,
+    series_uid: &str,
+    sop_instance_uid: &str,
+) -> Result<Recorded, QueueError> {
+    if let Some(owner) = instances.get(sop_instance_uid)? {
+        let owner = owner.value();
+        if owner != series_uid {
+            return Ok(Recorded::Conflict(Conflict::InstanceElsewhere {
+                stored_series_uid: owner.to_string(),
+            }));
+        }
+    }
+    if let Some(rec) = Queue::get_series(series, series_uid)? {
+        if rec.study_uid != study_uid {
+            return Ok(Recorded::Conflict(Conflict::SeriesElsewhere {
+                stored_study_uid: rec.study_uid,
+            }));
+        }
+    }
+    Ok(match instances.get(sop_instance_uid)? {
+        Some(_) => Recorded::Duplicate,
+        None => Recorded::New,
+    })
 }
 
 impl Queue {
@@ -316,8 +414,9 @@ impl Queue {
         sop_instance_uid: &str,
     ) -> Result<Recorded, QueueError> {
         self.write(|series, instances, _| {
-            if instances.get(sop_instance_uid)?.is_some() {
-                return Ok(Recorded::Duplicate);
+            match admission(series, instances, study_uid, series_uid, sop_instance_uid)? {
+                Recorded::New => {}
+                other => return Ok(other),
             }
             instances.insert(sop_instance_uid, series_uid)?;
             let now = now_ms();
@@ -335,6 +434,8 @@ impl Queue {
                 agatston_total: None,
                 updated_ms: now,
                 delivered_ms: None,
+                sent_version: None,
+                supersedes: None,
             });
             rec.instances += 1;
             rec.last_instance_ms = now;
@@ -354,6 +455,20 @@ impl Queue {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(INSTANCES)?;
         Ok(t.get(sop_instance_uid)?.is_some())
+    }
+
+    /// What [`Queue::record_instance`] would answer for this instance now, changing nothing:
+    /// checked before a received instance is moved into place.
+    pub fn admission(
+        &self,
+        study_uid: &str,
+        series_uid: &str,
+        sop_instance_uid: &str,
+    ) -> Result<Recorded, QueueError> {
+        let tx = self.db.begin_read()?;
+        let series = tx.open_table(SERIES)?;
+        let instances = tx.open_table(INSTANCES)?;
+        admission(&series, &instances, study_uid, series_uid, sop_instance_uid)
     }
 
     /// Every series record.
@@ -445,6 +560,7 @@ impl Queue {
                     SeriesState::Complete => {
                         cur.version += 1;
                         cur.scoring_attempts = 0;
+                        cur.supersedes = cur.sent_version.filter(|v| *v < cur.version);
                     }
                     SeriesState::Scoring => {}
                     _ => return Ok(None),
@@ -567,6 +683,8 @@ impl Queue {
                         next_attempt_ms: now,
                         last_error: None,
                         updated_ms: now,
+                        sent: Vec::new(),
+                        refused: Vec::new(),
                     };
                     Self::put_delivery(deliveries, &mut d)?;
                 }
@@ -574,6 +692,7 @@ impl Queue {
                     if destinations.is_empty() {
                         cur.state = SeriesState::Delivered;
                         cur.delivered_ms = Some(now);
+                        cur.sent_version = Some(cur.version);
                     } else {
                         cur.state = SeriesState::Forwarding;
                     }
@@ -617,15 +736,17 @@ impl Queue {
         Ok(out)
     }
 
-    /// Records one delivery attempt; when every destination of the series has an end, the
-    /// series becomes `delivered` (all delivered) or `failed` (the reasons of those that failed).
-    /// Returns the series state afterwards.
+    /// Records one delivery attempt and the files it delivered or saw refused; when every
+    /// destination of the series has an end, the series becomes `delivered` (all delivered)
+    /// or `failed` (the reasons of those that failed). An attempt that reached its end with
+    /// files refused on the way is a failed delivery. Returns the series state afterwards.
     pub fn record_attempt(
         &self,
         series_uid: &str,
         destination: &str,
         version: u32,
         attempt: Attempt,
+        progress: Progress,
     ) -> Result<Option<SeriesState>, QueueError> {
         self.write(|series, _, deliveries| {
             let key = delivery_key(series_uid, destination);
@@ -637,7 +758,22 @@ impl Queue {
                 return Ok(None);
             }
             d.attempts += 1;
+            let any_delivered = !progress.delivered.is_empty();
+            for f in progress.delivered {
+                if !d.sent.contains(&f) {
+                    d.sent.push(f);
+                }
+            }
+            for (f, why) in progress.refused {
+                d.refused.retain(|(r, _)| *r != f);
+                d.refused.push((f, why));
+            }
             match attempt {
+                Attempt::Delivered if !d.refused.is_empty() => {
+                    d.state = DeliveryState::Failed;
+                    let whys: Vec<&str> = d.refused.iter().map(|(_, w)| w.as_str()).collect();
+                    d.last_error = Some(format!("refused: {}", whys.join("; ")));
+                }
                 Attempt::Delivered => {
                     d.state = DeliveryState::Delivered;
                     d.last_error = None;
@@ -655,6 +791,10 @@ impl Queue {
             let Some(mut cur) = Self::get_series(series, series_uid)? else {
                 return Ok(None);
             };
+            if any_delivered && cur.sent_version.is_none_or(|v| v < version) {
+                cur.sent_version = Some(version);
+                Self::put_series(series, &mut cur)?;
+            }
             if cur.state != SeriesState::Forwarding || cur.version != version {
                 return Ok(Some(cur.state));
             }
@@ -692,6 +832,75 @@ impl Queue {
             Self::put_series(series, &mut cur)?;
             Ok(Some(cur.state))
         })
+    }
+
+    /// An operator's retry of a `failed` series, named by its hash (`store::uid_hash`, as the
+    /// status page shows it): deliveries that failed go out again (refused files included,
+    /// files already delivered not), or, when scoring failed, the series is scored again at
+    /// the same version with its attempts counted from zero.
+    pub fn retry(&self, series_hash: &str) -> Result<(String, Retried), RetryError> {
+        let Some(target) = self
+            .all_series()?
+            .into_iter()
+            .find(|r| crate::store::uid_hash(&r.series_uid) == series_hash)
+        else {
+            return Err(RetryError::NotFound);
+        };
+        let uid = target.series_uid.clone();
+        let done = self.write(|series, _, deliveries| {
+            let Some(mut cur) = Self::get_series(series, &uid)? else {
+                return Ok(Err(RetryError::NotFound));
+            };
+            if cur.state != SeriesState::Failed {
+                return Ok(Err(RetryError::NotFailed(cur.state)));
+            }
+            let prefix = format!("{uid}\n");
+            let mut failed: Vec<Delivery> = Vec::new();
+            for item in deliveries.range(prefix.as_str()..)? {
+                let (k, v) = item?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                let d: Delivery = decode(k.value(), v.value())?;
+                if d.version == cur.version && d.state == DeliveryState::Failed {
+                    failed.push(d);
+                }
+            }
+            let now = now_ms();
+            cur.reason = None;
+            let how = if failed.is_empty() || cur.results.is_empty() {
+                cur.scoring_attempts = 0;
+                cur.state = if cur.version == 0 {
+                    SeriesState::Complete
+                } else {
+                    SeriesState::Scoring
+                };
+                Retried::Scoring
+            } else {
+                for mut d in failed {
+                    d.state = DeliveryState::Pending;
+                    d.attempts = 0;
+                    d.refused.clear();
+                    d.last_error = None;
+                    d.next_attempt_ms = now;
+                    Self::put_delivery(deliveries, &mut d)?;
+                }
+                cur.state = SeriesState::Forwarding;
+                Retried::Forwarding
+            };
+            Self::put_series(series, &mut cur)?;
+            Ok(Ok(how))
+        })??;
+        Ok((uid, done))
+    }
+
+    /// Series in `failed`, with why (for health and the status page).
+    pub fn failed(&self) -> Result<Vec<SeriesRecord>, QueueError> {
+        Ok(self
+            .all_series()?
+            .into_iter()
+            .filter(|r| r.state == SeriesState::Failed)
+            .collect())
     }
 
     /// A result file of `version` was missing or unreadable when it was to be sent (a power
@@ -792,6 +1001,7 @@ mod tests {
                         match q.record_instance("st", &series, &sop).unwrap() {
                             Recorded::New => new += 1,
                             Recorded::Duplicate => {}
+                            Recorded::Conflict(c) => panic!("{c}"),
                         }
                     }
                     new
@@ -810,6 +1020,33 @@ mod tests {
         for i in 0..60 {
             assert!(q.has_instance(&format!("sop-3-{i}")).unwrap());
         }
+    }
+
+    /// One answer per instance: a SOP Instance UID stored in one series and sent again in
+    /// another, or a series UID sent again under another study, is a conflict (refused), never
+    /// a silent duplicate; a resend into the same series is a duplicate.
+    #[test]
+    fn clashing_uids_are_conflicts_not_duplicates() {
+        let (_dir, q) = q();
+        assert_eq!(q.record_instance("st", "se", "i1").unwrap(), Recorded::New);
+        let elsewhere = Recorded::Conflict(Conflict::InstanceElsewhere {
+            stored_series_uid: "se".into(),
+        });
+        assert_eq!(q.admission("st2", "se2", "i1").unwrap(), elsewhere);
+        assert_eq!(q.record_instance("st2", "se2", "i1").unwrap(), elsewhere);
+        assert_eq!(q.record_instance("st", "se9", "i1").unwrap(), elsewhere);
+        let other_study = Recorded::Conflict(Conflict::SeriesElsewhere {
+            stored_study_uid: "st".into(),
+        });
+        assert_eq!(q.admission("st2", "se", "i2").unwrap(), other_study);
+        assert_eq!(q.record_instance("st2", "se", "i2").unwrap(), other_study);
+        assert_eq!(q.admission("st", "se", "i1").unwrap(), Recorded::Duplicate);
+        assert_eq!(
+            q.record_instance("st", "se", "i1").unwrap(),
+            Recorded::Duplicate
+        );
+        assert!(q.series("se2").unwrap().is_none(), "nothing recorded");
+        assert_eq!(q.series("se").unwrap().unwrap().instances, 1);
     }
 
     #[test]
@@ -855,16 +1092,19 @@ mod tests {
                     error: "refused".into(),
                     retry_at_ms: now_ms() + 60_000,
                 },
+                Progress::default(),
             )
             .unwrap();
         assert_eq!(st, Some(SeriesState::Forwarding));
         assert!(q.due_deliveries("A").unwrap().is_empty(), "backing off");
         assert_eq!(
-            q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap(),
+            q.record_attempt("se", "B", 1, Attempt::Delivered, Progress::default())
+                .unwrap(),
             Some(SeriesState::Forwarding)
         );
         assert_eq!(
-            q.record_attempt("se", "A", 1, Attempt::Delivered).unwrap(),
+            q.record_attempt("se", "A", 1, Attempt::Delivered, Progress::default())
+                .unwrap(),
             Some(SeriesState::Delivered)
         );
         let a = q
@@ -935,9 +1175,12 @@ mod tests {
             Attempt::Permanent {
                 error: "called AE not recognised".into(),
             },
+            Progress::default(),
         )
         .unwrap();
-        let st = q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap();
+        let st = q
+            .record_attempt("se", "B", 1, Attempt::Delivered, Progress::default())
+            .unwrap();
         assert_eq!(st, Some(SeriesState::Failed));
         let r = q.series("se").unwrap().unwrap();
         assert!(r.reason.unwrap().contains("A: called AE not recognised"));
@@ -945,6 +1188,120 @@ mod tests {
             q.prunable(Duration::ZERO).unwrap().is_empty(),
             "undelivered is never pruned"
         );
+    }
+
+    /// A destination that refuses one result object for good: the others are recorded as
+    /// delivered, the delivery fails with the refusal, and an operator's retry sends only the
+    /// refused object again (then the series is delivered).
+    #[test]
+    fn one_refused_object_fails_the_delivery_and_a_retry_sends_only_it() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        let files: Vec<PathBuf> = ["seg.dcm", "sr.dcm", "summary.dcm"]
+            .iter()
+            .map(PathBuf::from)
+            .collect();
+        let end = ScoringEnd::Scored {
+            results: files.clone(),
+            agatston_total: Some(3.0),
+            not_scored: None,
+        };
+        q.finish_scoring("se", s.generation, end).unwrap();
+        q.start_forwarding(&["A".into()]).unwrap();
+        let progress = Progress {
+            delivered: vec![files[1].clone(), files[2].clone()],
+            refused: vec![(files[0].clone(), "seg.dcm: C-STORE status 0xC000".into())],
+        };
+        let st = q
+            .record_attempt("se", "A", 1, Attempt::Delivered, progress)
+            .unwrap();
+        assert_eq!(st, Some(SeriesState::Failed));
+        let r = q.series("se").unwrap().unwrap();
+        assert!(r.reason.unwrap().contains("seg.dcm: C-STORE status 0xC000"));
+        assert_eq!(q.failed().unwrap().len(), 1);
+        assert!(matches!(q.retry("nope"), Err(RetryError::NotFound)));
+        let hash = crate::store::uid_hash("se");
+        assert_eq!(
+            q.retry(&hash).unwrap(),
+            ("se".to_string(), Retried::Forwarding)
+        );
+        assert!(matches!(
+            q.retry(&hash),
+            Err(RetryError::NotFailed(SeriesState::Forwarding))
+        ));
+        let due = q.due_deliveries("A").unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].0.to_send(&due[0].1.results), vec![files[0].clone()]);
+        let progress = Progress {
+            delivered: vec![files[0].clone()],
+            refused: vec![],
+        };
+        let st = q
+            .record_attempt("se", "A", 1, Attempt::Delivered, progress)
+            .unwrap();
+        assert_eq!(st, Some(SeriesState::Delivered));
+    }
+
+    /// A series failed in scoring is retried by scoring it again, same version, attempts
+    /// counted from zero.
+    #[test]
+    fn a_retry_of_a_scoring_failure_scores_again() {
+        let (_dir, q) = q();
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        let end = ScoringEnd::Failed {
+            reason: "writing results: disk full".into(),
+        };
+        q.finish_scoring("se", s.generation, end).unwrap();
+        let hash = crate::store::uid_hash("se");
+        assert_eq!(q.retry(&hash).unwrap().1, Retried::Scoring);
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.scoring_attempts), (1, 0));
+    }
+
+    /// A version scored after an earlier one reached a PACS supersedes it; one scored after
+    /// a version that never left (stale, or refused everywhere) supersedes what did.
+    #[test]
+    fn a_new_version_supersedes_the_last_one_sent() {
+        let (_dir, q) = q();
+        let scored = || ScoringEnd::Scored {
+            results: vec![PathBuf::from("sr.dcm")],
+            agatston_total: Some(1.0),
+            not_scored: None,
+        };
+        q.record_instance("st", "se", "i1").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (1, None));
+        q.finish_scoring("se", s.generation, scored()).unwrap();
+        q.start_forwarding(&["A".into()]).unwrap();
+        let sent = Progress {
+            delivered: vec![PathBuf::from("sr.dcm")],
+            refused: vec![],
+        };
+        q.record_attempt("se", "A", 1, Attempt::Delivered, sent.clone())
+            .unwrap();
+        // Late instances: version 2 supersedes 1; a stale run (3) never sent: 4 supersedes 2.
+        q.record_instance("st", "se", "i2").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (2, Some(1)));
+        q.finish_scoring("se", s.generation, scored()).unwrap();
+        q.start_forwarding(&["A".into()]).unwrap();
+        q.record_attempt("se", "A", 2, Attempt::Delivered, sent)
+            .unwrap();
+        q.record_instance("st", "se", "i3").unwrap();
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (3, Some(2)));
+        q.record_instance("st", "se", "i4").unwrap();
+        assert!(!q.finish_scoring("se", s.generation, scored()).unwrap());
+        q.complete_quiet(Duration::ZERO).unwrap();
+        let s = q.start_scoring().unwrap().unwrap();
+        assert_eq!((s.version, s.supersedes), (4, Some(2)));
     }
 
     #[test]
@@ -1000,7 +1357,8 @@ mod tests {
         let s = q.start_scoring().unwrap().unwrap();
         q.finish_scoring("se", s.generation, scored()).unwrap();
         q.start_forwarding(&["A".into(), "B".into()]).unwrap();
-        q.record_attempt("se", "A", 1, Attempt::Delivered).unwrap();
+        q.record_attempt("se", "A", 1, Attempt::Delivered, Progress::default())
+            .unwrap();
         // Not for another version, nor while not forwarding.
         assert_eq!(q.rescore_missing("se", 2, "gone").unwrap(), None);
         let st = q.rescore_missing("se", 1, "v1/sr.dcm: not found").unwrap();
@@ -1028,7 +1386,9 @@ mod tests {
             q.due_deliveries("A").unwrap().is_empty(),
             "A already has version 1"
         );
-        let st = q.record_attempt("se", "B", 1, Attempt::Delivered).unwrap();
+        let st = q
+            .record_attempt("se", "B", 1, Attempt::Delivered, Progress::default())
+            .unwrap();
         assert_eq!(st, Some(SeriesState::Delivered));
         // Results that keep vanishing: failed after the scoring attempts, with the reason.
         q.record_instance("st", "se", "i2").unwrap();

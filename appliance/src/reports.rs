@@ -413,7 +413,11 @@ pub fn result_report(cfg: &Config, store: &Store, rec: &SeriesRecord) -> Value {
         "result_version": rec.version,
         "instances": rec.instances,
         "status": status,
-        "reason": rec.reason,
+        "reason": rec.reason.as_deref().map(|r| if cfg.reports.include_patient_data {
+            r.to_string()
+        } else {
+            crate::uid::redact(r)
+        }),
         "agatston_total": r.get("agatston_total"),
         "volume_mm3": r.get("volume_mm3"),
         "per_vessel": r.get("per_vessel"),

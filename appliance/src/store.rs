@@ -22,8 +22,8 @@ pub const ENHANCED_CT_IMAGE_STORAGE: &str = "1.2.840.10008.5.1.4.1.1.2.1";
 pub const ACCEPTED_SOP_CLASSES: [&str; 2] = [CT_IMAGE_STORAGE, ENHANCED_CT_IMAGE_STORAGE];
 
 /// Implementation identity written into the file meta of stored instances.
-const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1481.1";
-const IMPLEMENTATION_VERSION: &str = "CACD";
+pub const IMPLEMENTATION_CLASS_UID: &str = "1.2.826.0.1.3680043.10.1481.1";
+pub const IMPLEMENTATION_VERSION: &str = "CACD";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -80,9 +80,34 @@ pub struct Store {
     admission: Arc<RwLock<()>>,
 }
 
-/// An instance whose bytes are being written to a temp file.
+/// A temp file under `data/tmp/` that removes itself when dropped, unless it was moved into
+/// place: every way out of receiving an instance (a failed write, a refusal, an aborted
+/// association, a panic in a blocking task) leaves no `.part` file behind.
+#[derive(Debug)]
+struct TempFile(Option<PathBuf>);
+
+impl TempFile {
+    fn path(&self) -> &Path {
+        self.0.as_deref().unwrap_or(Path::new(""))
+    }
+
+    /// The path, no longer removed on drop (it was renamed away).
+    fn keep(mut self) -> PathBuf {
+        self.0.take().unwrap_or_default()
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// An instance whose bytes are being written to a temp file (removed if it is dropped).
 pub struct Incoming {
-    path: PathBuf,
+    tmp: TempFile,
     file: BufWriter<File>,
     sop_class_uid: String,
     sop_instance_uid: String,
@@ -91,10 +116,11 @@ pub struct Incoming {
     dataset_offset: u64,
 }
 
-/// An instance checked and fsynced in its temp file, ready to be moved into place.
+/// An instance checked and fsynced in its temp file, ready to be moved into place (the temp
+/// file is removed if it is dropped instead).
 #[derive(Debug)]
 pub struct Staged {
-    tmp: PathBuf,
+    tmp: TempFile,
     pub study_uid: String,
     pub series_uid: String,
     pub sop_instance_uid: String,
@@ -187,10 +213,11 @@ impl Store {
         meta.write(&mut head)
             .map_err(|e| StoreError::Invalid(format!("file meta: {e}")))?;
         let file = File::create(&path).map_err(io(&path))?;
-        let mut file = BufWriter::with_capacity(256 * 1024, file);
-        file.write_all(&head).map_err(io(&path))?;
+        let tmp = TempFile(Some(path));
+        let mut file = BufWriter::with_capacity(crate::config::FILE_BUFFER_BYTES, file);
+        file.write_all(&head).map_err(io(tmp.path()))?;
         Ok(Incoming {
-            path,
+            tmp,
             file,
             sop_class_uid,
             sop_instance_uid,
@@ -211,7 +238,8 @@ impl Store {
         ));
         fsutil::create_dir_durable(&dir).map_err(io(&label))?;
         let dest = dir.join(format!("{}.dcm", sanitize_uid(&staged.sop_instance_uid)));
-        fs::rename(&staged.tmp, &dest).map_err(io(&label))?;
+        fs::rename(staged.tmp.path(), &dest).map_err(io(&label))?;
+        staged.tmp.keep();
         fsutil::fsync_dir(&dir).map_err(io(&label))?;
         Ok(dest)
     }
@@ -238,57 +266,45 @@ impl Store {
 
 impl Incoming {
     pub fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.file.write_all(bytes).map_err(io(&self.path))
+        self.file.write_all(bytes).map_err(io(self.tmp.path()))
     }
 
-    /// Drops the temp file (a failed or aborted transfer).
-    pub fn discard(self) {
-        let Incoming { path, file, .. } = self;
-        drop(file);
-        let _ = fs::remove_file(path);
-    }
+    /// Drops the temp file (a failed or aborted transfer); dropping does the same.
+    pub fn discard(self) {}
 
     /// Flushes and fsyncs the temp file, then checks the dataset: it must parse, be the SOP
-    /// class and instance the command announced, be CT, and carry study and series UIDs.
+    /// class and instance the command announced, be CT, and carry valid study and series UIDs.
+    /// On any error the temp file is gone.
     pub fn finish(self) -> Result<Staged, StoreError> {
         let Incoming {
-            path,
+            tmp,
             file,
             sop_class_uid,
             sop_instance_uid,
             transfer_syntax,
             dataset_offset,
         } = self;
-        let result = (|| {
-            let file = file.into_inner().map_err(|e| StoreError::Io {
-                path: path.display().to_string(),
-                source: e.into_error(),
-            })?;
-            file.sync_all().map_err(io(&path))?;
-            drop(file);
-            check_lengths(&path, dataset_offset, &transfer_syntax)?;
-            check_instance(&path, &sop_class_uid, &sop_instance_uid)
-        })();
-        match result {
-            Ok((study_uid, series_uid)) => Ok(Staged {
-                tmp: path,
-                study_uid,
-                series_uid,
-                sop_instance_uid,
-            }),
-            Err(e) => {
-                let _ = fs::remove_file(&path);
-                Err(e)
-            }
-        }
+        let path = tmp.path();
+        let file = file.into_inner().map_err(|e| StoreError::Io {
+            path: path.display().to_string(),
+            source: e.into_error(),
+        })?;
+        file.sync_all().map_err(io(path))?;
+        drop(file);
+        check_lengths(path, dataset_offset, &transfer_syntax)?;
+        let (study_uid, series_uid) = check_instance(path, &sop_class_uid, &sop_instance_uid)?;
+        Ok(Staged {
+            tmp,
+            study_uid,
+            series_uid,
+            sop_instance_uid,
+        })
     }
 }
 
 impl Staged {
-    /// Drops the temp file (e.g. a duplicate that is already stored).
-    pub fn discard(self) {
-        let _ = fs::remove_file(&self.tmp);
-    }
+    /// Drops the temp file (e.g. a duplicate that is already stored); dropping does the same.
+    pub fn discard(self) {}
 }
 
 /// Deflated datasets are inflated for the walk; this caps what a small deflate bomb can make
@@ -343,8 +359,13 @@ fn check_instance(
             Ok(v)
         }
     };
+    let uid = |tag, name: &str| -> Result<String, StoreError> {
+        let v = get(tag, name)?;
+        crate::uid::check(&v).map_err(|e| StoreError::Invalid(format!("{name} {e}")))?;
+        Ok(v)
+    };
     let class = get(tags::SOP_CLASS_UID, "SOPClassUID")?;
-    let instance = get(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
+    let instance = uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?;
     if class != sop_class_uid {
         return Err(StoreError::Invalid(
             "dataset SOPClassUID differs from the C-STORE command".into(),
@@ -355,8 +376,8 @@ fn check_instance(
             "dataset SOPInstanceUID differs from the C-STORE command".into(),
         ));
     }
-    let study = get(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
-    let series = get(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
+    let study = uid(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?;
+    let series = uid(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?;
     Ok((study, series))
 }
 
@@ -464,6 +485,50 @@ mod tests {
             inc.write(&bytes).unwrap();
             assert!(matches!(inc.finish(), Err(StoreError::Invalid(_))));
         }
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn invalid_uids_in_the_dataset_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let long = format!("1.{}", "2".repeat(70));
+        for (sop, study) in [
+            (".", "1.2.3"),
+            ("1.2.3.9", "1..3"),
+            ("1.2.3.9", long.as_str()),
+        ] {
+            let mut inc = store
+                .begin(CT_IMAGE_STORAGE, sop, "1.2.840.10008.1.2.1")
+                .unwrap();
+            inc.write(&dataset(CT_IMAGE_STORAGE, sop, Some(study)))
+                .unwrap();
+            let e = inc.finish().unwrap_err();
+            assert!(matches!(e, StoreError::Invalid(_)), "{e}");
+        }
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    /// Every way an instance can be abandoned removes its temp file: dropped while being
+    /// written (a failed write, an aborted association, a panic in the writing task), or
+    /// after it was checked.
+    #[test]
+    fn dropped_instances_leave_no_temp_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let inc = store
+            .begin(CT_IMAGE_STORAGE, "1.2.3.4.5", "1.2.840.10008.1.2.1")
+            .unwrap();
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+        drop(inc);
+        let mut inc = store
+            .begin(CT_IMAGE_STORAGE, "1.2.3.4.5", "1.2.840.10008.1.2.1")
+            .unwrap();
+        inc.write(&dataset(CT_IMAGE_STORAGE, "1.2.3.4.5", Some("1.2.3")))
+            .unwrap();
+        let staged = inc.finish().unwrap();
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+        drop(staged);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
     }
 

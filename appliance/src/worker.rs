@@ -209,7 +209,9 @@ fn spawn(
                         }
                     }
                     Some(Err(e)) => warn!(pid, error = %e, "scoring worker: unreadable reply"),
-                    None => info!(pid, output = %line, "scoring worker output"),
+                    None => {
+                        info!(pid, output = %crate::uid::redact(&line), "scoring worker output")
+                    }
                 }
             }
         })

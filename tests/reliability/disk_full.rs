@@ -161,3 +161,82 @@ fn full_disk_refuses_keeps_what_it_accepted_prunes_delivered_first_and_recovers(
         states(&data).len()
     );
 }
+
+/// The disk fills under the writes themselves (no watermark to refuse first): every refused
+/// instance is answered A700 and its temp file removed at once, not at the next restart; what
+/// was acknowledged is on disk; the daemon keeps answering.
+#[test]
+fn writes_failing_on_a_full_disk_leave_no_temp_files() {
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(disk) = Mount::new(
+        &tmp.path().join("disk"),
+        &["-t", "tmpfs", "-o", "size=12m", "tmpfs"],
+    ) else {
+        return;
+    };
+    let data = disk.dir.join("data");
+    let (port, status) = (free_port(), free_port());
+    let cfg = config(
+        tmp.path(),
+        &data,
+        port,
+        status,
+        &[],
+        "min_free_bytes = 0\nmin_free_percent = 0.0",
+        "",
+    );
+    let series: Vec<Vec<PathBuf>> = (0..2)
+        .map(|i| dicom_files(&phantom(tmp.path(), 4550 + i, 30)))
+        .collect();
+    let serve = Serve::start(&cfg, port, &data);
+    let mut acked: BTreeSet<String> = BTreeSet::new();
+    let mut refused = Vec::new();
+    for files in &series {
+        // Without halting at the first refusal: every instance meets the full disk.
+        let out = run(std::process::Command::new(STORESCU)
+            .args(["-nh", "-aet", "CT01", "-aec", "CACD", "-v", "127.0.0.1"])
+            .arg(port.to_string())
+            .args(files));
+        let log = text(&out);
+        let mut current = None;
+        for line in log.lines() {
+            if let Some(i) = line.find("Sending file: ") {
+                current = Some(PathBuf::from(line[i + 14..].trim()));
+            } else if line.contains("Received Store Response") {
+                if let Some(f) = current.take() {
+                    if line.contains("Success") {
+                        acked.insert(sop_uid(&f));
+                    } else {
+                        refused.push(line.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let part = files_below(&data.join("tmp"));
+    eprintln!(
+        "disk full (writes): {} acknowledged, {} refused; temp files left: {}",
+        acked.len(),
+        refused.len(),
+        part.len()
+    );
+    assert!(
+        !refused.is_empty(),
+        "a 12 MiB disk took 2 series of 30 slices"
+    );
+    assert!(
+        refused.iter().all(|s| s.contains("OutOfResources")),
+        "{refused:?}"
+    );
+    assert!(
+        part.is_empty(),
+        "temp files left after failed writes: {part:?}"
+    );
+    assert!(
+        acked.is_subset(&stored_uids(&data)),
+        "acknowledged instances missing"
+    );
+    assert!(echo(port), "the daemon stopped answering");
+    serve.terminate();
+}

@@ -3,8 +3,10 @@
 //! version by default; `scripts/reliability --soak` (`CACD_SOAK=1`) runs it longer.
 //! RELIABILITY.md records what each test did, how often, and what was lost.
 
+mod broken_peers;
 mod crash;
 mod disk_full;
+mod hostile;
 mod load;
 mod malformed;
 mod outage;

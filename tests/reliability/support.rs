@@ -437,3 +437,77 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     ONE.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `curl` against the status port: (HTTP code, body).
+pub fn http(status: u16, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut c = Command::new("/usr/bin/curl");
+    c.args(["-s", "-m", "10", "-X", method, "-w", "\n%{http_code}"]);
+    if let Some(t) = token {
+        c.args(["-H", &format!("Authorization: Bearer {t}")]);
+    }
+    c.arg(format!("http://127.0.0.1:{status}{path}"));
+    let out = c.output().expect("curl");
+    let s = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = s.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// A PACS that answers 0xC000 to one SOP class (pynetdicom, `tests/peers/refusing_pacs.py`)
+/// until `accept_all` is called; its `log` holds one line per C-STORE: status, class, UID.
+pub struct RefusingPacs {
+    child: std::process::Child,
+    pub dir: PathBuf,
+}
+
+impl RefusingPacs {
+    pub fn start(port: u16, dir: &Path, refused_class: &str) -> RefusingPacs {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/refusing_pacs.py");
+        let child = Command::new("python3")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir)
+            .arg(refused_class)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 for the pynetdicom PACS");
+        let pacs = RefusingPacs {
+            child,
+            dir: dir.to_path_buf(),
+        };
+        assert!(
+            wait_until(std::time::Duration::from_secs(20), || {
+                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            }),
+            "the pynetdicom PACS did not listen (pip install pynetdicom: scripts/install-test-deps)"
+        );
+        pacs
+    }
+
+    /// From now on the refused class is taken too.
+    pub fn accept_all(&self) {
+        std::fs::write(self.dir.join("accept-all"), b"").expect("accept-all flag");
+    }
+
+    /// (status, SOP class UID, SOP Instance UID) per C-STORE received, in order.
+    pub fn log(&self) -> Vec<(String, String, String)> {
+        std::fs::read_to_string(self.dir.join("log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                Some((
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                    f.next()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+}
+
+impl Drop for RefusingPacs {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -466,3 +466,87 @@ fn image(
     put_seq(&mut o, tags::REFERENCED_SOP_SEQUENCE, vec![r]);
     o
 }
+
+// ---------------------------------------------------------------------------------------
+// Superseding an earlier result version
+
+/// The note a report carries when it supersedes an earlier result version of the same series.
+pub const SUPERSEDES_TEXT: &str = "Supersedes result version";
+
+/// The SR of an earlier result version, as a later one references it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Predecessor {
+    pub version: u32,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_class_uid: String,
+    pub sop_instance_uid: String,
+}
+
+impl Predecessor {
+    /// The identity of the SR in `sr` (its data set), of result version `version`.
+    pub fn of(sr: &InMemDicomObject, version: u32) -> Result<Predecessor, EncodeError> {
+        let get = |tag, name: &str| {
+            sr.element(tag)
+                .ok()
+                .and_then(|e| e.to_str().ok())
+                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+                .filter(|s| !s.is_empty())
+                .ok_or_else(|| EncodeError::InvalidInput(format!("earlier SR without {name}")))
+        };
+        Ok(Predecessor {
+            version,
+            study_uid: get(tags::STUDY_INSTANCE_UID, "StudyInstanceUID")?,
+            series_uid: get(tags::SERIES_INSTANCE_UID, "SeriesInstanceUID")?,
+            sop_class_uid: get(tags::SOP_CLASS_UID, "SOPClassUID")?,
+            sop_instance_uid: get(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+        })
+    }
+}
+
+/// Marks an encoded SR as superseding `p`: the Predecessor Documents Sequence (PS3.3
+/// C.17.2.3) references the earlier SR, and the Qualitative Evaluations say "Supersedes result
+/// version N". Applying it again gives the same data set.
+pub fn supersede(sr: &mut InMemDicomObject, p: &Predecessor) {
+    let reference = object_of(&[
+        (
+            tags::REFERENCED_SOP_CLASS_UID,
+            VR::UI,
+            p.sop_class_uid.as_str(),
+        ),
+        (
+            tags::REFERENCED_SOP_INSTANCE_UID,
+            VR::UI,
+            p.sop_instance_uid.as_str(),
+        ),
+    ]);
+    put_seq(
+        sr,
+        tags::PREDECESSOR_DOCUMENTS_SEQUENCE,
+        vec![evidence(&p.study_uid, &p.series_uid, vec![reference])],
+    );
+    let note = format!("{SUPERSEDES_TEXT} {}", p.version);
+    let _ = sr.update_value(tags::CONTENT_SEQUENCE, |v| {
+        let Some(items) = v.items_mut() else { return };
+        let qualitative = items.iter_mut().find(|i| {
+            i.element(tags::CONCEPT_NAME_CODE_SEQUENCE)
+                .ok()
+                .and_then(|e| e.items())
+                .and_then(|c| c.first())
+                .and_then(|c| c.element(tags::CODE_VALUE).ok())
+                .and_then(|e| e.to_str().ok())
+                .is_some_and(|s| s.trim_end() == QUALITATIVE_EVALUATIONS.value)
+        });
+        let Some(q) = qualitative else { return };
+        let _ = q.update_value(tags::CONTENT_SEQUENCE, |v| {
+            let Some(notes) = v.items_mut() else { return };
+            notes.retain(|n| {
+                !n.element(tags::TEXT_VALUE)
+                    .ok()
+                    .and_then(|e| e.to_str().ok())
+                    .is_some_and(|t| t.starts_with(SUPERSEDES_TEXT))
+            });
+            notes.insert(0, text(CONTAINS, codes::RESULT_NOTE, &note));
+        });
+    });
+}

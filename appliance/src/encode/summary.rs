@@ -33,6 +33,7 @@ const WINDOW_WIDTH: f64 = 400.0;
 static FONT_REGULAR: &[u8] = include_bytes!("font/DejaVuSans.ttf");
 static FONT_BOLD: &[u8] = include_bytes!("font/DejaVuSans-Bold.ttf");
 
+const TITLE: &str = "Coronary artery calcium — Agatston score";
 const BACKGROUND: [u8; 3] = [16, 18, 22];
 const TEXT: [u8; 3] = [226, 228, 232];
 const DIM: [u8; 3] = [150, 156, 166];
@@ -184,12 +185,7 @@ pub fn render(input: &EncodeInput) -> Result<RgbImage, EncodeError> {
     );
 
     // Title row.
-    c.text(
-        Pen::new(true, 22.0, TEXT),
-        16.0,
-        70.0,
-        "Coronary artery calcium — Agatston score",
-    );
+    c.text(Pen::new(true, 22.0, TEXT), 16.0, 70.0, TITLE);
     let right = format!(
         "result v{} · {}",
         input.result_version,
@@ -870,6 +866,58 @@ impl Canvas {
         }
         lines
     }
+}
+
+/// Marks an encoded summary as superseding result version `previous`: the title row's right
+/// side is redrawn as "result vN · supersedes vM · study date" (amber), and ImageComments says
+/// so. Applying it again gives the same pixels.
+pub fn supersede(
+    summary: &mut InMemDicomObject,
+    version: u32,
+    previous: u32,
+) -> Result<(), EncodeError> {
+    let bad = |what: &str| EncodeError::InvalidInput(format!("summary image: {what}"));
+    let pixels = summary
+        .element(tags::PIXEL_DATA)
+        .map_err(|_| bad("no pixel data"))?
+        .to_bytes()
+        .map_err(|_| bad("unreadable pixel data"))?
+        .into_owned();
+    let img = RgbImage::from_raw(WIDTH, HEIGHT, pixels).ok_or_else(|| bad("not 1024×768 RGB"))?;
+    let date = summary
+        .element(tags::STUDY_DATE)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim().to_string());
+    let mut c = Canvas {
+        img,
+        fonts: Fonts::load()?,
+    };
+    let title_end = 16.0 + c.text_width(true, 22.0, TITLE);
+    let x0 = (title_end + 8.0).ceil() as i32;
+    c.fill_rect(x0, 50, WIDTH as i32 - 12 - x0, 30, BACKGROUND);
+    let right = format!(
+        "result v{version} · supersedes v{previous} · {}",
+        iso_date(&date)
+    );
+    c.text_right(
+        Pen::new(true, 14.0, WARN),
+        WIDTH as f32 - 12.0,
+        70.0,
+        &right,
+    );
+    put_str(
+        summary,
+        tags::IMAGE_COMMENTS,
+        VR::LT,
+        &format!("Result version {version}; supersedes result version {previous}"),
+    );
+    summary.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::from(c.img.into_raw()),
+    ));
+    Ok(())
 }
 
 #[cfg(test)]

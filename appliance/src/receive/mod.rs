@@ -1,13 +1,35 @@
-//! Storage SCP: the accept loop, its limits and graceful shutdown (one task per association).
+//! Storage SCP: the accept loop, its limits and graceful shutdown (one task per connection).
 //!
-//! - The source IP is checked at accept time, before any PDU is read.
-//! - At most `receive.max_associations` associations run at once; one more is answered with
-//!   A-ASSOCIATE-RJ (transient, local limit exceeded).
-//! - On shutdown the listener closes, idle associations are aborted, and in-flight C-STOREs
-//!   get until the budget runs out to finish.
+//! - The source IP is checked at accept time, before any byte is read.
+//! - A new connection takes a pending place (`admit`: `receive.max_pending` in all,
+//!   `receive.max_pending_per_source` per address; beyond them it is closed at once) and has
+//!   `receive.request_timeout_s` to complete its A-ASSOCIATE-RQ (after the TLS handshake).
+//! - Only an accepted A-ASSOCIATE-RQ takes one of `receive.max_associations` slots; with none
+//!   free it is answered A-ASSOCIATE-RJ (transient, local limit exceeded).
+//! - Every PDU's length is checked before its body is read (`pdu`), the request is parsed
+//!   strictly (`acse`), DIMSE messages are reassembled with bounded memory (`message`); the
+//!   receive path's memory is bounded by `ReceiveConfig::memory_bound`.
+//! - On shutdown the listener closes, pending connections are dropped, idle associations are
+//!   aborted, and in-flight C-STOREs get until the budget runs out to finish.
 
+mod acse;
+mod admit;
 mod association;
+mod message;
+mod pdu;
 pub mod tls;
+
+/// The hand-written protocol layers, for the fuzz target and the tests: PDU reading,
+/// A-ASSOCIATE-RQ parsing and negotiation, DIMSE message reassembly.
+pub mod wire {
+    pub use super::acse::{
+        associate_ac, negotiate, parse_rq, Accepted, AssociateRq, Offer, Proposed,
+    };
+    pub use super::message::{Assembler, Step};
+    pub use super::pdu::{
+        admit, pdvs, AbortReason, Header, Limits, PduReader, Pdv, Phase, ReadError, Violation,
+    };
+}
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,15 +37,9 @@ use std::time::Duration;
 
 use dicom_encoding::TransferSyntaxIndex;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
-use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJSource,
-};
-use dicom_ul::Pdu;
-use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{secs, Config};
 use crate::health::Monitor;
@@ -69,15 +85,57 @@ pub enum ReceiveError {
     Tls(#[from] tls::TlsError),
 }
 
-/// What every association handler shares.
+/// What every connection shares.
 pub struct Receiver {
     pub cfg: Arc<Config>,
     pub store: Store,
     pub queue: Queue,
-    /// Counts associations, instances and bytes for the status port.
+    /// Counts associations, instances, bytes and refusals for the status port.
     pub monitor: Arc<Monitor>,
     transfer_syntaxes: Vec<String>,
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    log_budget: LogBudget,
+}
+
+/// At most `LINES` log lines per `WINDOW_MS` about connections that never became
+/// associations; the first line of a window says how many the last one suppressed.
+struct LogBudget {
+    window_start_ms: std::sync::atomic::AtomicU64,
+    used: std::sync::atomic::AtomicU64,
+}
+
+impl LogBudget {
+    const LINES: u64 = 20;
+    const WINDOW_MS: u64 = 10_000;
+
+    fn new() -> LogBudget {
+        LogBudget {
+            window_start_ms: std::sync::atomic::AtomicU64::new(0),
+            used: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether one more line may be logged now.
+    fn take(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = crate::queue::now_ms();
+        let start = self.window_start_ms.load(Relaxed);
+        if now.saturating_sub(start) >= Self::WINDOW_MS
+            && self
+                .window_start_ms
+                .compare_exchange(start, now, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let used = self.used.swap(0, Relaxed);
+            if used > Self::LINES {
+                warn!(
+                    suppressed = used - Self::LINES,
+                    "more connections failed before their association than are logged; /metrics counts them all"
+                );
+            }
+        }
+        self.used.fetch_add(1, Relaxed) < Self::LINES
+    }
 }
 
 impl Receiver {
@@ -87,7 +145,7 @@ impl Receiver {
         queue: Queue,
         monitor: Arc<Monitor>,
     ) -> Result<Receiver, ReceiveError> {
-        let tls = tls::server_config(&cfg.tls)?;
+        let tls = tls::server_config(&cfg.tls)?.map(tokio_rustls::TlsAcceptor::from);
         Ok(Receiver {
             cfg,
             store,
@@ -95,7 +153,22 @@ impl Receiver {
             monitor,
             transfer_syntaxes: accepted_transfer_syntaxes(),
             tls,
+            log_budget: LogBudget::new(),
         })
+    }
+
+    fn pdu_limits(&self) -> pdu::Limits {
+        pdu::Limits {
+            max_associate_rq: self.cfg.receive.max_associate_rq_bytes,
+            max_p_data: self.cfg.receive.max_p_data(),
+        }
+    }
+
+    /// Verification and the storage classes we take.
+    fn abstract_syntaxes(&self) -> Vec<&'static str> {
+        let mut v = vec![crate::dimse::VERIFICATION];
+        v.extend(crate::store::ACCEPTED_SOP_CLASSES);
+        v
     }
 }
 
@@ -109,7 +182,7 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ReceiveError> {
         })
 }
 
-/// Accepts associations until `shutdown` turns true, then waits up to `budget` for the
+/// Accepts connections until `shutdown` turns true, then waits up to `budget` for the
 /// associations still running.
 pub async fn run(
     listener: TcpListener,
@@ -117,12 +190,19 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
     budget: Duration,
 ) {
-    let max = rx.cfg.receive.max_associations.max(1);
-    let limit = Arc::new(Semaphore::new(max));
-    // Connections being told "busy" are bounded too, so a flood cannot pile up tasks.
-    let rejecting = Arc::new(Semaphore::new(max));
+    let r = &rx.cfg.receive;
+    let max = r.max_associations.max(1);
+    let slots = Arc::new(Semaphore::new(max));
+    let pending = admit::Pending::new(
+        r.max_pending,
+        r.max_pending_per_source,
+        rx.monitor.pending.clone(),
+    );
     if let Ok(addr) = listener.local_addr() {
-        info!(%addr, ae = %rx.cfg.ae_title, tls = rx.tls.is_some(), "storage SCP listening");
+        let m = r.memory_bound();
+        info!(%addr, ae = %rx.cfg.ae_title, tls = rx.tls.is_some(), max_associations = max,
+            max_pending = r.max_pending, memory_bound_mib = m.total.div_ceil(1 << 20),
+            "storage SCP listening");
     }
     let mut accept_errors = 0u32;
     loop {
@@ -145,61 +225,56 @@ pub async fn run(
         };
         if !rx.cfg.ip_allowed(peer.ip()) {
             warn!(peer = %peer, "connection refused: source address is not a configured peer");
+            rx.monitor.receive_event("connections", "address");
             drop(socket);
             continue;
         }
+        let ticket = match pending.enter(peer.ip()) {
+            Ok(t) => t,
+            Err(full) => {
+                // A flood: one line per refusal would be a log flood too.
+                debug!(peer = %peer, why = full.metric(), "connection closed: too many pending");
+                rx.monitor.receive_event("connections", full.metric());
+                drop(socket);
+                continue;
+            }
+        };
         let _ = socket.set_nodelay(true);
-        match limit.clone().try_acquire_owned() {
-            Ok(permit) => {
-                let rx = rx.clone();
-                let shutdown = shutdown.clone();
-                tokio::spawn(async move {
-                    rx.monitor.association_started();
-                    association::run(socket, peer, &rx, shutdown).await;
-                    rx.monitor.association_ended();
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                warn!(peer = %peer, max, "association refused: too many at once");
-                if let (Ok(p), None) = (rejecting.clone().try_acquire_owned(), &rx.tls) {
-                    let timeout = secs(rx.cfg.receive.read_timeout_s);
-                    tokio::spawn(async move {
-                        reject_busy(socket, peer, timeout).await;
-                        drop(p);
-                    });
-                }
-            }
-        }
+        let (rx, slots, shutdown) = (rx.clone(), slots.clone(), shutdown.clone());
+        tokio::spawn(connection(socket, peer, rx, slots, ticket, shutdown));
     }
     drop(listener);
     info!("storage SCP stopped accepting; waiting for running associations");
     let all = u32::try_from(max).unwrap_or(u32::MAX);
-    let drained = tokio::time::timeout(budget, limit.acquire_many(all)).await;
+    let drained = tokio::time::timeout(budget, slots.acquire_many(all)).await;
     match drained {
         Ok(_) => info!("all associations finished"),
         Err(_) => warn!("shutdown budget spent with associations still running"),
     }
 }
 
-/// Reads the A-ASSOCIATE-RQ and answers A-ASSOCIATE-RJ transient (local limit exceeded).
-async fn reject_busy(mut socket: TcpStream, peer: SocketAddr, timeout: Duration) {
-    let mut buf = bytes::BytesMut::with_capacity(4096);
-    let read = dicom_ul::association::read_pdu_from_wire_async(&mut socket, &mut buf, 16384, false);
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(Pdu::AssociationRQ(_))) => {}
-        _ => return,
+/// One connection: the TLS handshake when configured, then the association.
+async fn connection(
+    socket: TcpStream,
+    peer: SocketAddr,
+    rx: Arc<Receiver>,
+    slots: Arc<Semaphore>,
+    ticket: admit::Ticket,
+    shutdown: watch::Receiver<bool>,
+) {
+    let Some(tls) = rx.tls.clone() else {
+        return association::run(socket, peer, rx, slots, ticket, shutdown).await;
+    };
+    let limit = secs(rx.cfg.tls.handshake_timeout_s);
+    match tokio::time::timeout(limit, tls.accept(socket)).await {
+        Ok(Ok(stream)) => association::run(stream, peer, rx, slots, ticket, shutdown).await,
+        Ok(Err(e)) => {
+            info!(peer = %peer, error = %e, "TLS handshake failed");
+            rx.monitor.receive_event("connections", "tls_handshake");
+        }
+        Err(_) => {
+            warn!(peer = %peer, "TLS handshake timed out");
+            rx.monitor.receive_event("connections", "tls_handshake");
+        }
     }
-    let rj = Pdu::AssociationRJ(AssociationRJ {
-        result: AssociationRJResult::Transient,
-        source: AssociationRJSource::ServiceProviderPresentation(
-            AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-        ),
-    });
-    let mut out = Vec::new();
-    if dicom_ul::write_pdu(&mut out, &rj).is_ok() {
-        let _ = tokio::time::timeout(timeout, socket.write_all(&out)).await;
-        let _ = socket.shutdown().await;
-    }
-    tracing::debug!(peer = %peer, "sent A-ASSOCIATE-RJ transient");
 }

@@ -8,9 +8,10 @@
 //! | `GET /healthz` | 200 while the pipeline is alive (receiver and scoring thread) |
 //! | `GET /readyz` | 200 once booted and without a fault |
 //! | `POST /api/identify` | blinks the LED in the identify pattern; bearer service token |
+//! | `POST /api/series/{hash}/retry` | sends a failed series back to forwarding or scoring; bearer service token |
 //!
-//! Series appear with hashed UIDs only, and nothing read from a DICOM header is shown, so no
-//! patient data is served.
+//! Series appear with hashed UIDs only, and nothing read from a DICOM header is shown (UIDs in
+//! reasons are hashed too, `uid::redact`), so no patient data is served.
 
 mod page;
 mod prometheus;
@@ -130,6 +131,18 @@ pub struct Snapshot {
     pub memory: Option<MemView>,
     pub temperatures: Vec<TempView>,
     pub reports_pending: Option<u64>,
+    pub receive_limits: ReceiveLimitsView,
+}
+
+/// The receive path's memory bound (from the `[receive]` limits) and what it holds now.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReceiveLimitsView {
+    pub memory_bound_bytes: u64,
+    pub per_association_bytes: u64,
+    pub per_pending_bytes: u64,
+    pub pending_connections: u64,
+    /// Refusals and violations since start: `family/reason` → count.
+    pub refused: BTreeMap<String, u64>,
 }
 
 /// Memory as served (the hal type carries no serde).
@@ -220,7 +233,7 @@ pub fn snapshot(ctx: &StatusCtx) -> Snapshot {
                 version: r.version,
                 agatston_total,
                 risk_category,
-                error: r.reason.clone(),
+                error: r.reason.as_deref().map(crate::uid::redact),
             }
         })
         .collect();
@@ -295,6 +308,20 @@ pub fn snapshot(ctx: &StatusCtx) -> Snapshot {
         memory,
         temperatures,
         reports_pending: ctx.outbox.as_ref().and_then(|o| o.len().ok()),
+        receive_limits: {
+            let b = ctx.cfg.receive.memory_bound();
+            ReceiveLimitsView {
+                memory_bound_bytes: b.total as u64,
+                per_association_bytes: b.per_association as u64,
+                per_pending_bytes: b.per_pending as u64,
+                pending_connections: m.pending.load(std::sync::atomic::Ordering::Relaxed),
+                refused: m
+                    .receive_events()
+                    .into_iter()
+                    .map(|((f, r), n)| (format!("{f}/{r}"), n))
+                    .collect(),
+            }
+        },
     }
 }
 
@@ -367,14 +394,18 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn identify(AxState(ctx): AxState<Arc<StatusCtx>>, headers: HeaderMap) -> Response {
+/// The service token check of the POST endpoints: None when the request may go on, else the
+/// response refusing it.
+fn authorize(ctx: &StatusCtx, headers: &HeaderMap, what: &str) -> Option<Response> {
     let token = &ctx.cfg.health.service_token;
     if token.is_empty() {
-        return (
-            StatusCode::FORBIDDEN,
-            "identify is disabled: set health.service_token\n",
-        )
-            .into_response();
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                format!("{what} is disabled: set health.service_token\n"),
+            )
+                .into_response(),
+        );
     }
     let given = headers
         .get(header::AUTHORIZATION)
@@ -384,18 +415,61 @@ async fn identify(AxState(ctx): AxState<Arc<StatusCtx>>, headers: HeaderMap) -> 
     if !same(given.trim().as_bytes(), token.as_bytes()) {
         warn!(
             stage = "status",
-            "identify refused: missing or wrong service token"
+            what, "refused: missing or wrong service token"
         );
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            "service token required\n",
-        )
-            .into_response();
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "service token required\n",
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
+async fn identify(AxState(ctx): AxState<Arc<StatusCtx>>, headers: HeaderMap) -> Response {
+    if let Some(refused) = authorize(&ctx, &headers, "identify") {
+        return refused;
     }
     let until = ctx.monitor.identify_for(secs(ctx.cfg.health.identify_s));
     info!(stage = "status", "identify requested");
     Json(serde_json::json!({ "identify_until": iso(until) })).into_response()
+}
+
+/// `POST /api/series/{hash}/retry`: a failed series goes back to forwarding (its refused or
+/// failed deliveries) or to scoring; 404 for an unknown hash, 409 for a series not failed.
+async fn retry(
+    AxState(ctx): AxState<Arc<StatusCtx>>,
+    axum::extract::Path(hash): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refused) = authorize(&ctx, &headers, "retry") {
+        return refused;
+    }
+    let queue = ctx.queue.clone();
+    let h = hash.clone();
+    let done = match tokio::task::spawn_blocking(move || queue.retry(&h)).await {
+        Ok(r) => r,
+        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    match done {
+        Ok((_, how)) => {
+            info!(stage = "status", series_hash = %hash, ?how, "failed series retried by an operator");
+            Json(serde_json::json!({ "series_hash": hash, "retried": how })).into_response()
+        }
+        Err(e @ crate::queue::RetryError::NotFound) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Err(e @ crate::queue::RetryError::NotFailed(_)) => {
+            (StatusCode::CONFLICT, format!("{e}\n")).into_response()
+        }
+        Err(e) => {
+            warn!(stage = "status", error = %e, "retry failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 pub fn router(ctx: Arc<StatusCtx>) -> Router {
@@ -406,6 +480,7 @@ pub fn router(ctx: Arc<StatusCtx>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/identify", post(identify))
+        .route("/api/series/{hash}/retry", post(retry))
         .with_state(ctx)
 }
 

@@ -84,6 +84,53 @@ pub fn render(s: &Snapshot, m: &Monitor) -> String {
         "cacd_associations {}",
         m.associations.load(Ordering::Relaxed)
     );
+    head(
+        &mut o,
+        "pending_connections",
+        "gauge",
+        "DICOM connections before their association (TLS handshake, A-ASSOCIATE-RQ).",
+    );
+    let _ = writeln!(
+        o,
+        "cacd_pending_connections {}",
+        m.pending.load(Ordering::Relaxed)
+    );
+    head(
+        &mut o,
+        "receive_memory_bound_bytes",
+        "gauge",
+        "The most the receive path can hold for peers' bytes, from the [receive] limits.",
+    );
+    let _ = writeln!(
+        o,
+        "cacd_receive_memory_bound_bytes {}",
+        s.receive_limits.memory_bound_bytes
+    );
+    let events = m.receive_events();
+    for (family, metric, help) in [
+        (
+            "violations",
+            "receive_violations_total",
+            "Associations ended with an A-ABORT for a broken protocol or limit, by reason.",
+        ),
+        (
+            "connections",
+            "connections_refused_total",
+            "DICOM connections not let in, not associated or timed out, by reason.",
+        ),
+        (
+            "instances",
+            "instances_refused_total",
+            "C-STOREs answered with an error status, by reason.",
+        ),
+    ] {
+        head(&mut o, metric, "counter", help);
+        for ((f, reason), n) in &events {
+            if *f == family {
+                let _ = writeln!(o, "cacd_{metric}{{reason=\"{}\"}} {n}", label(reason));
+            }
+        }
+    }
     head(&mut o, "series", "gauge", "Series in the queue by state.");
     for (state, n) in &s.queue {
         let _ = writeln!(o, "cacd_series{{state=\"{}\"}} {n}", label(state));
