@@ -61,6 +61,15 @@ pub enum InferError {
         expected: Vec<usize>,
         actual: Vec<usize>,
     },
+    /// The engine returned values that are not probabilities (NaN or infinite: a broken
+    /// model file, an overflow in reduced precision, a faulty accelerator). Read as they are,
+    /// they would pass for "no heart" or "no calcium", a result about the study.
+    #[error("{model} returned {bad} of {total} values that are not numbers")]
+    OutputNotFinite {
+        model: String,
+        bad: usize,
+        total: usize,
+    },
 }
 
 /// The mask of one study and how it was found.
@@ -336,7 +345,7 @@ impl Segmenter {
         pre += t.elapsed().as_micros();
         let coarse_grid = preprocess::ModelGrid::centred(vol, &self.heart_grid);
         let heart_prob = run_on_gpu_input(&*self.heart, g, vol, &coarse_grid, &mut pre, &mut inf)?;
-        check_shape(&heart_prob, &self.heart_entry)?;
+        check_output(&heart_prob, &self.heart_entry)?;
 
         let t = Instant::now();
         let heart = preprocess::heart_box(&heart_prob, &coarse_grid, vol)
@@ -346,7 +355,7 @@ impl Segmenter {
         pre += t.elapsed().as_micros();
         let fine_grid = preprocess::ModelGrid::at_patient(vol, &self.calcium_grid, heart.centre_mm);
         let probs = run_on_gpu_input(&*self.calcium, g, vol, &fine_grid, &mut pre, &mut inf)?;
-        check_shape(&probs, &self.calcium_entry)?;
+        check_output(&probs, &self.calcium_entry)?;
 
         let t = Instant::now();
         let mask = g.fine_to_native_mask(&probs, &fine_grid, vol)?;
@@ -367,7 +376,7 @@ impl Segmenter {
         let t = Instant::now();
         let heart_prob = self.heart.run(&coarse)?;
         inf += t.elapsed().as_micros();
-        check_shape(&heart_prob, &self.heart_entry)?;
+        check_output(&heart_prob, &self.heart_entry)?;
 
         let t = Instant::now();
         let heart = preprocess::heart_box(&heart_prob, &coarse_grid, vol)?
@@ -379,7 +388,7 @@ impl Segmenter {
         let t = Instant::now();
         let probs = self.calcium.run(&fine)?;
         inf += t.elapsed().as_micros();
-        check_shape(&probs, &self.calcium_entry)?;
+        check_output(&probs, &self.calcium_entry)?;
 
         let t = Instant::now();
         let mask = preprocess::fine_to_native_mask(&probs, &fine_grid, vol)?;
@@ -474,12 +483,21 @@ fn crop_centre(mut b: HeartBox, outline: &Heart) -> HeartBox {
     b
 }
 
-fn check_shape(t: &cacd_models::Tensor, e: &ModelEntry) -> Result<(), InferError> {
+/// The engine's output is what the manifest promised: its shape, and numbers only.
+fn check_output(t: &cacd_models::Tensor, e: &ModelEntry) -> Result<(), InferError> {
     let expected = e.output_shape().to_vec();
     if t.shape != expected || t.data.len() != expected.iter().product::<usize>() {
         return Err(InferError::OutputShape {
             expected,
             actual: t.shape.clone(),
+        });
+    }
+    let bad = t.data.iter().filter(|v| !v.is_finite()).count();
+    if bad > 0 {
+        return Err(InferError::OutputNotFinite {
+            model: format!("{} {}", e.name, e.version),
+            bad,
+            total: t.data.len(),
         });
     }
     Ok(())

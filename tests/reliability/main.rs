@@ -6,6 +6,7 @@
 mod broken_peers;
 mod crash;
 mod disk_full;
+mod engine;
 mod hostile;
 mod load;
 mod malformed;
