@@ -136,6 +136,7 @@ pub struct PipelineSection {
     /// `tract`, `onnxruntime` or `tensorrt` (TensorRT engine caches go under
     /// `<data_dir>/trt-cache`).
     pub engine: Option<String>,
+    /// `int8` (default) or `fp32`: which of the manifest's files runs.
     pub precision: Option<String>,
     pub model_dir: Option<PathBuf>,
     pub ort_dylib: Option<PathBuf>,
@@ -610,6 +611,13 @@ impl Config {
                 ));
             }
         }
+        if let Some(precision) = &self.pipeline.precision {
+            if cacd_models::Precision::parse(precision).is_none() {
+                p.push(format!(
+                    "pipeline.precision: `{precision}` is not one of int8, fp32"
+                ));
+            }
+        }
         if self.pipeline.threads == Some(0) {
             p.push("pipeline.threads: must be at least 1".into());
         }
@@ -918,6 +926,7 @@ mod tests {
             backoff_max_s = 5
             [pipeline]
             engine = "cuda-magic"
+            precision = "fp16"
             [[peer]]
             ae = "CT"
             host = "10.0.0.0/99"
@@ -934,6 +943,7 @@ mod tests {
             "receive.max_pdu:",
             "forward.backoff_max_s:",
             "pipeline.engine:",
+            "pipeline.precision:",
             "peer[0].host:",
             "destination[0].host:",
             "destination[0].port:",

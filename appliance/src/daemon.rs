@@ -780,8 +780,12 @@ pub fn pipeline_config(cfg: &Config) -> pipeline::PipelineConfig {
     if let Some(kind) = s.engine.as_deref().and_then(crate::config::parse_engine) {
         p.engine = kind;
     }
-    if let Some(v) = &s.precision {
-        p.precision = v.clone();
+    if let Some(v) = s
+        .precision
+        .as_deref()
+        .and_then(cacd_models::Precision::parse)
+    {
+        p.precision = v;
     }
     if let Some(v) = &s.model_dir {
         p.model_dir = v.clone();

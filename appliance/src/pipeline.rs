@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use cacd_models::{EngineKind, EngineOptions};
+use cacd_models::{EngineKind, EngineOptions, Precision};
 
 use crate::assemble::{self, Refused};
 use crate::encode::{self, EncodeInput, EncodeOptions, Encoded};
@@ -24,7 +24,7 @@ use crate::{gate, heart};
 pub struct PipelineConfig {
     pub engine: EngineKind,
     /// "int8" (default: what the appliance ships) or "fp32".
-    pub precision: String,
+    pub precision: Precision,
     /// Folder with `manifest.toml` and the ONNX artifacts.
     pub model_dir: PathBuf,
     /// libonnxruntime for the `onnxruntime` engine (else `ORT_DYLIB_PATH`).
@@ -41,7 +41,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             engine: EngineKind::Tract,
-            precision: "int8".into(),
+            precision: Precision::Int8,
             model_dir: default_model_dir(),
             ort_dylib: None,
             threads: std::thread::available_parallelism()
@@ -147,11 +147,13 @@ impl Pipeline {
             ort_dylib: cfg.ort_dylib.clone(),
             gpu: cfg.gpu.clone(),
         };
-        let mut segmenter = Segmenter::load(&cfg.model_dir, &cfg.precision, cfg.engine, &opts)
-            .map_err(|source| PipelineError::Models {
-                dir: cfg.model_dir.display().to_string(),
-                source,
-            })?;
+        let mut segmenter =
+            Segmenter::load(&cfg.model_dir, cfg.precision.as_str(), cfg.engine, &opts).map_err(
+                |source| PipelineError::Models {
+                    dir: cfg.model_dir.display().to_string(),
+                    source,
+                },
+            )?;
         if cfg.gpu_preprocess {
             segmenter.use_gpu_preprocessing();
         }

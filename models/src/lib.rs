@@ -34,6 +34,40 @@ pub enum EngineKind {
     TensorRt,
 }
 
+/// Which of a model's files runs: the int8 (Q/DQ) one or the fp32 one. The manifest names
+/// each file's precision as `int8` or `fp32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Int8,
+    Fp32,
+}
+
+impl Precision {
+    /// The manifest's name for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Precision::Int8 => "int8",
+            Precision::Fp32 => "fp32",
+        }
+    }
+
+    /// `int8` or `fp32`; anything else is `None`.
+    pub fn parse(s: &str) -> Option<Precision> {
+        match s {
+            "int8" => Some(Precision::Int8),
+            "fp32" => Some(Precision::Fp32),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Errors of the model layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

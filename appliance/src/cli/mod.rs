@@ -58,8 +58,8 @@ impl EngineArgs {
                 EngineChoice::Tensorrt => EngineKind::TensorRt,
             },
             precision: match self.precision {
-                Precision::Int8 => "int8".into(),
-                Precision::Fp32 => "fp32".into(),
+                Precision::Int8 => cacd_models::Precision::Int8,
+                Precision::Fp32 => cacd_models::Precision::Fp32,
             },
             ort_dylib: self.ort_dylib.clone(),
             ..PipelineConfig::default()
