@@ -89,12 +89,14 @@ impl Scorer for Pipeline {
                 results: files,
                 agatston_total: s.result.agatston_total,
                 not_scored: None,
+                timings: Some(s.result.timings_ms),
             },
             // The PACS gets the SR and summary that say why; the queue keeps the reason.
             (Outcome::NotScored(n), Ok(files)) => ScoringEnd::Scored {
                 results: files,
                 agatston_total: None,
                 not_scored: n.result.reason,
+                timings: Some(n.result.timings_ms),
             },
         }
     }
@@ -460,12 +462,13 @@ fn score_one(
     // result files keep the full text for the PACS).
     let end = redacted(end);
     let ms = t.elapsed().as_millis();
-    record_latencies(&ops.monitor, &out.join("result.json"), t.elapsed());
+    record_latencies(&ops.monitor, &end, t.elapsed());
     match &end {
         ScoringEnd::Scored {
             agatston_total,
             results,
             not_scored: None,
+            ..
         } => {
             info!(stage = "score", series_hash = %h, version = rec.version, agatston = ?agatston_total, files = results.len(), ms, "scored")
         }
@@ -550,10 +553,12 @@ fn redacted(end: ScoringEnd) -> ScoringEnd {
             results,
             agatston_total,
             not_scored,
+            timings,
         } => ScoringEnd::Scored {
             results,
             agatston_total,
             not_scored: not_scored.map(|r| redact(&r)),
+            timings,
         },
         ScoringEnd::Rejected { reason } => ScoringEnd::Rejected {
             reason: redact(&reason),
@@ -570,19 +575,22 @@ fn redacted(end: ScoringEnd) -> ScoringEnd {
     }
 }
 
-/// Stage latencies of one scoring run: the pipeline's own timings from result.json, and the
-/// whole run as `total`.
-fn record_latencies(monitor: &Monitor, result_json: &std::path::Path, total: Duration) {
+/// Stage latencies of one scoring run: the pipeline's own timings, as the scorer returned
+/// them, and the whole run as `total`.
+fn record_latencies(monitor: &Monitor, end: &ScoringEnd, total: Duration) {
     monitor.stage_latency("total", total.as_secs_f64());
-    let Ok(bytes) = std::fs::read(result_json) else {
-        return;
-    };
-    let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    if let Some(t) = v.get("timings_ms").and_then(|t| t.as_object()) {
-        for (stage, ms) in t {
-            if let Some(ms) = ms.as_f64() {
-                monitor.stage_latency(stage, ms / 1000.0);
-            }
+    if let ScoringEnd::Scored {
+        timings: Some(t), ..
+    } = end
+    {
+        for (stage, ms) in [
+            ("assemble", t.assemble),
+            ("preprocess", t.preprocess),
+            ("infer", t.infer),
+            ("score", t.score),
+            ("encode", t.encode),
+        ] {
+            monitor.stage_latency(stage, ms as f64 / 1000.0);
         }
     }
 }

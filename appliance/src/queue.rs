@@ -199,6 +199,9 @@ pub enum ScoringEnd {
         /// and carry no score.
         #[serde(default)]
         not_scored: Option<String>,
+        /// The pipeline's stage timings (for the latency metrics; no file is re-read for them).
+        #[serde(default)]
+        timings: Option<crate::result::Timings>,
     },
     Rejected {
         reason: String,
@@ -600,6 +603,7 @@ impl Queue {
                     results,
                     agatston_total,
                     not_scored,
+                    ..
                 } => {
                     cur.state = SeriesState::Scored;
                     cur.results = results;
@@ -1078,6 +1082,7 @@ mod tests {
             results: vec![PathBuf::from("a.dcm")],
             agatston_total: Some(12.0),
             not_scored: None,
+            timings: None,
         };
         assert!(q.finish_scoring("se", s.generation, end).unwrap());
         let dests = vec!["A".to_string(), "B".to_string()];
@@ -1131,6 +1136,7 @@ mod tests {
             results: vec![],
             agatston_total: None,
             not_scored: None,
+            timings: None,
         };
         assert!(!q.finish_scoring("se", s.generation, end.clone()).unwrap());
         assert_eq!(
@@ -1165,6 +1171,7 @@ mod tests {
             results: vec![],
             agatston_total: None,
             not_scored: None,
+            timings: None,
         };
         q.finish_scoring("se", s.generation, end).unwrap();
         q.start_forwarding(&["A".into(), "B".into()]).unwrap();
@@ -1207,6 +1214,7 @@ mod tests {
             results: files.clone(),
             agatston_total: Some(3.0),
             not_scored: None,
+            timings: None,
         };
         q.finish_scoring("se", s.generation, end).unwrap();
         q.start_forwarding(&["A".into()]).unwrap();
@@ -1271,6 +1279,7 @@ mod tests {
             results: vec![PathBuf::from("sr.dcm")],
             agatston_total: Some(1.0),
             not_scored: None,
+            timings: None,
         };
         q.record_instance("st", "se", "i1").unwrap();
         q.complete_quiet(Duration::ZERO).unwrap();
@@ -1353,6 +1362,7 @@ mod tests {
             results: vec![PathBuf::from("v1/sr.dcm")],
             agatston_total: Some(12.0),
             not_scored: None,
+            timings: None,
         };
         let s = q.start_scoring().unwrap().unwrap();
         q.finish_scoring("se", s.generation, scored()).unwrap();

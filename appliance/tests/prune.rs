@@ -36,6 +36,7 @@ fn delivered(q: &Queue, store: &Store, study: &str, series: &str) -> (PathBuf, P
         results: vec![dirs.1.join("seg.dcm")],
         agatston_total: Some(1.0),
         not_scored: None,
+        timings: None,
     };
     assert!(q.finish_scoring(series, s.generation, end).unwrap());
     q.start_forwarding(&[]).unwrap();
