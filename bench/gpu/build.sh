@@ -23,7 +23,7 @@ for line in sys.stdin:
         print(m["executable"])')"
 [ -n "$test_exe" ] || { echo "could not find the gpu_parity test executable" >&2; exit 1; }
 cp "$test_exe" "$out/gpu_parity"
-# Debug info is not needed there, and the carry to the GPU machine is size-limited (64 MiB):
+# Debug info is not needed on the GPU machine, and small binaries copy there quickly:
 # stripped and gzipped they are about 7, 7 and 15 MB; run.sh unpacks them.
 strip "$out/cacd-gpu-bench" "$out/gpu_parity" "$out/cacd"
 gzip -9f "$out/cacd-gpu-bench" "$out/gpu_parity" "$out/cacd"

@@ -6,9 +6,8 @@
 # (kernels vs copy bandwidth, CPU path, whole preprocessing), the PyTorch reference, and a
 # side-by-side summary, then the whole pipeline (bench/gpu/pipeline.sh: `cacd score` with GPU
 # preprocessing and with --engine tensorrt against the CPU path). Every step runs under
-# `timeout`, a failing step does not stop the others, and the whole script stays inside a
-# 285 s budget. Logs and JSON go to $OUT (the device runner's result folder) or
-# /tmp/cacd-gpu-bench.
+# `timeout`, a failing step does not stop the others, and the whole script stays inside
+# 285 s. Logs and JSON go to $OUT (when set) or /tmp/cacd-gpu-bench.
 set -u
 cd "$(dirname "$0")/../.."
 PACKED=bench/gpu/bin
