@@ -268,9 +268,12 @@ fn receiver_down_for_three_minutes_then_up_is_delivered_with_bounded_attempts() 
         "not delivered within a minute after the receiver came back"
     );
     std::thread::sleep(Duration::from_secs(2));
+    // An attempt may still fail between the count above and the receiver's bind: the queue is
+    // compared with every failure the log shows.
+    let failed_in_all = q_attempts(&serve);
     serve.terminate();
 
-    println!("attempts: {after_1_min} after 1 min, {during} over the 3-min outage");
+    println!("attempts: {after_1_min} after 1 min, {during} over the 3-min outage, {failed_in_all} failed in all");
     // 2+4+8+16+30 = 60 s: about 5 in the first minute, then one per 30 s.
     assert!(
         (3..=7).contains(&after_1_min),
@@ -291,7 +294,7 @@ fn receiver_down_for_three_minutes_then_up_is_delivered_with_bounded_attempts() 
     let d = q.deliveries(&s[0].series_uid).unwrap();
     assert_eq!(
         d[0].attempts,
-        during + 1,
+        failed_in_all + 1,
         "the queue counts what the log shows"
     );
 }

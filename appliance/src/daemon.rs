@@ -434,9 +434,7 @@ fn score_one(
 ) -> Result<(), QueueError> {
     let h = store::uid_hash(&rec.series_uid);
     let inputs = list_instances(&store.series_dir(&rec.study_uid, &rec.series_uid));
-    let out = store
-        .outbox_series_dir(&rec.study_uid, &rec.series_uid)
-        .join(format!("v{}", rec.version));
+    let out = store.result_dir(&rec.study_uid, &rec.series_uid, rec.version);
     info!(stage = "score", series_hash = %h, version = rec.version, attempt = rec.scoring_attempts, instances = inputs.len(), "scoring");
     let t = std::time::Instant::now();
     let end = if inputs.is_empty() {
@@ -519,8 +517,7 @@ fn supersede(
         dicom_object::open_file(p).map_err(|e| format!("{}: {e}", forward::file_label(p)))
     };
     let prev_sr = store
-        .outbox_series_dir(&rec.study_uid, &rec.series_uid)
-        .join(format!("v{prev}"))
+        .result_dir(&rec.study_uid, &rec.series_uid, prev)
         .join("sr.dcm");
     let earlier = sr::Predecessor::of(&*open(&prev_sr)?, prev).map_err(|e| e.to_string())?;
     let sr_path = out.join("sr.dcm");

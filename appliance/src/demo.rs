@@ -221,8 +221,7 @@ async fn demo_loop(
         );
     }
     let result_json = store_
-        .outbox_series_dir(&rec.study_uid, &rec.series_uid)
-        .join(format!("v{}", rec.version))
+        .result_dir(&rec.study_uid, &rec.series_uid, rec.version)
         .join("result.json");
     let r: serde_json::Value = serde_json::from_slice(&std::fs::read(&result_json)?)?;
     let n = std::fs::read_dir(&received)?.count();

@@ -393,9 +393,7 @@ fn patient_of(store: &Store, rec: &SeriesRecord) -> Value {
 /// The result report of a series that reached an end (scored, rejected or failed), built from
 /// its result.json where there is one.
 pub fn result_report(cfg: &Config, store: &Store, rec: &SeriesRecord) -> Value {
-    let dir = store
-        .outbox_series_dir(&rec.study_uid, &rec.series_uid)
-        .join(format!("v{}", rec.version));
+    let dir = store.result_dir(&rec.study_uid, &rec.series_uid, rec.version);
     let r: Value = std::fs::read(dir.join("result.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())

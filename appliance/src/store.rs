@@ -184,6 +184,13 @@ impl Store {
             .join(sanitize_uid(series_uid))
     }
 
+    /// The folder of one result version of a series (`result.json`, SEG, SR, summary): the one
+    /// place that knows the result folder layout.
+    pub fn result_dir(&self, study_uid: &str, series_uid: &str, version: u32) -> PathBuf {
+        self.outbox_series_dir(study_uid, series_uid)
+            .join(format!("v{version}"))
+    }
+
     /// Starts a temp file for an instance announced by a C-STORE command.
     pub fn begin(
         &self,

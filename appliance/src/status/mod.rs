@@ -173,8 +173,7 @@ fn result_headline(store: &Store, r: &SeriesRecord) -> (Option<f64>, Option<Stri
         return (None, None);
     }
     let path = store
-        .outbox_series_dir(&r.study_uid, &r.series_uid)
-        .join(format!("v{}", r.version))
+        .result_dir(&r.study_uid, &r.series_uid, r.version)
         .join("result.json");
     let Ok(bytes) = std::fs::read(&path) else {
         return (r.agatston_total, None);
