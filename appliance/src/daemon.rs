@@ -169,7 +169,8 @@ pub async fn start_with(
     let (led, sim, led_error) = led;
     health::show(&monitor, &led, State::Booting, led_error.clone());
     health::systemd::status("booting: opening the database");
-    let store = Store::open(&cfg.data_dir)?;
+    // A series counts as arriving (never pruned) until it has been quiet this long.
+    let store = Store::open(&cfg.data_dir)?.with_assembly_window(cfg.quiet_period());
     let queue = Queue::open(&cfg.data_dir)?.with_max_scoring_attempts(
         cfg.pipeline
             .max_scoring_attempts

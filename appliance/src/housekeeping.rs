@@ -3,13 +3,17 @@
 //! they owe nobody a result) — after the retention period, and oldest-finished first whenever
 //! free space falls under the receive watermark, so a full disk costs old, finished studies
 //! before it costs a refusal. Nothing undelivered is ever removed, nor a failed series (it
-//! waits for an operator).
+//! waits for an operator), nor a series whose instances are arriving: a scanner resending a
+//! delivered study is answered "already stored" for each instance it resends, and removing the
+//! series under it would drop those acknowledged instances and turn the rest of the resend
+//! into a new, partial series (`Store::arriving`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::queue::{Queue, QueueError, SeriesRecord};
-use crate::store::Store;
+use crate::store::{uid_hash, Store};
+use tracing::debug;
 
 /// Removes series finished longer than `retention` ago. Returns how many series went.
 pub fn prune(queue: &Queue, store: &Store, retention: Duration) -> Result<usize, QueueError> {
@@ -47,11 +51,17 @@ pub fn prune_for_space(
 
 /// Files first, then the queue record: a crash in between leaves a finished record without
 /// files, which the next prune removes, rather than files no record points to. The caller holds
-/// `Store::pruning`, so the state read here cannot change before the record goes.
+/// `Store::pruning`, so the state read here cannot change before the record goes, and no
+/// instance is being admitted: a series that had one within the assembly window (new or a
+/// resend, `Store::arrived`) is kept, as its sender may still be sending the rest.
 fn remove_finished(queue: &Queue, store: &Store, rec: &SeriesRecord) -> Result<bool, QueueError> {
     match queue.series(&rec.series_uid)? {
         Some(cur) if cur.finished_ms().is_some() => {}
         _ => return Ok(false),
+    }
+    if store.arriving(&rec.series_uid) {
+        debug!(series_hash = %uid_hash(&rec.series_uid), "finished series kept: its instances are arriving");
+        return Ok(false);
     }
     let series_dir = store.series_dir(&rec.study_uid, &rec.series_uid);
     let outbox = store.outbox_series_dir(&rec.study_uid, &rec.series_uid);

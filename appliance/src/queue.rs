@@ -455,9 +455,14 @@ impl Queue {
 
     /// Whether this SOP Instance UID is already stored.
     pub fn has_instance(&self, sop_instance_uid: &str) -> Result<bool, QueueError> {
+        Ok(self.instance_series(sop_instance_uid)?.is_some())
+    }
+
+    /// The Series Instance UID this SOP Instance UID is stored under, if it is stored.
+    pub fn instance_series(&self, sop_instance_uid: &str) -> Result<Option<String>, QueueError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(INSTANCES)?;
-        Ok(t.get(sop_instance_uid)?.is_some())
+        Ok(t.get(sop_instance_uid)?.map(|v| v.value().to_string()))
     }
 
     /// What [`Queue::record_instance`] would answer for this instance now, changing nothing:

@@ -5,10 +5,12 @@
 //! place and its directory fsynced. Only after that does the SCP answer 0x0000, so an
 //! acknowledged instance survives a power cut.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
 
 use dicom_dictionary_std::tags;
 use dicom_object::{FileMetaTableBuilder, OpenFileOptions};
@@ -78,7 +80,16 @@ pub struct Store {
     /// shared; pruning holds it exclusively, so a delivered series is never removed while an
     /// instance of it is being admitted (it would be acknowledged and then deleted).
     admission: Arc<RwLock<()>>,
+    /// When an instance of each series last arrived (stored or a resend of a stored one), for
+    /// the series that had one within `assembly_window`: housekeeping never removes those.
+    arrivals: Arc<Mutex<HashMap<String, Instant>>>,
+    /// How long after its last instance a series counts as still arriving: the quiet period
+    /// (`quiet_period_s`) after which a series is taken as complete.
+    assembly_window: Duration,
 }
+
+/// The assembly window of a store nobody configured: the default `quiet_period_s`.
+pub const DEFAULT_ASSEMBLY_WINDOW: Duration = Duration::from_secs(30);
 
 /// A temp file under `data/tmp/` that removes itself when dropped, unless it was moved into
 /// place: every way out of receiving an instance (a failed write, a refusal, an aborted
@@ -133,6 +144,8 @@ impl Store {
         let store = Store {
             root: data_dir.to_path_buf(),
             admission: Arc::new(RwLock::new(())),
+            arrivals: Arc::new(Mutex::new(HashMap::new())),
+            assembly_window: DEFAULT_ASSEMBLY_WINDOW,
         };
         for dir in [store.studies_dir(), store.tmp_dir(), store.outbox_dir()] {
             fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -157,6 +170,40 @@ impl Store {
     pub fn pruning(&self) -> RwLockWriteGuard<'_, ()> {
         self.admission.write().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The same store, counting a series as still arriving for `window` after its last
+    /// instance (the daemon passes its quiet period).
+    pub fn with_assembly_window(mut self, window: Duration) -> Store {
+        self.assembly_window = window;
+        self
+    }
+
+    /// An instance of `series_uid` arrived: a new one, or a resend of one already stored. The
+    /// receiver calls this while it holds [`Store::admitting`], in the same critical section
+    /// that decides New or Duplicate, so a prune (which holds [`Store::pruning`] and asks
+    /// [`Store::arriving`]) either ran before the decision (the instance is then new and
+    /// stored) or sees the series as arriving and keeps it. A resend acknowledged as a
+    /// duplicate therefore never loses its stored copy to a prune while the rest of the
+    /// series is still coming.
+    pub fn arrived(&self, series_uid: &str) {
+        let now = Instant::now();
+        let window = self.assembly_window;
+        let mut a = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        // Only series inside the window are kept: the map stays as small as what is arriving.
+        a.retain(|_, t| now.duration_since(*t) < window);
+        if !window.is_zero() {
+            a.insert(series_uid.to_string(), now);
+        }
+    }
+
+    /// Whether an instance of `series_uid` arrived within the assembly window: its sender may
+    /// still be sending the rest of it, so housekeeping must not remove it now.
+    pub fn arriving(&self, series_uid: &str) -> bool {
+        let a = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
+        a.get(series_uid)
+            .is_some_and(|t| t.elapsed() < self.assembly_window)
+    }
+
     pub fn studies_dir(&self) -> PathBuf {
         self.root.join("studies")
     }
@@ -548,5 +595,32 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(sanitize_uid(".."), "..");
         assert_eq!(uid_hash("1.2.3").len(), 12);
+    }
+
+    /// A series counts as arriving for the assembly window after its last instance, in every
+    /// clone of the store (the receiver's and housekeeping's), and not at all with no window.
+    #[test]
+    fn a_series_is_arriving_for_the_assembly_window_after_its_last_instance() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path())
+            .unwrap()
+            .with_assembly_window(Duration::from_millis(300));
+        let other = store.clone();
+        assert!(!other.arriving("1.2.3.1"));
+        store.arrived("1.2.3.1");
+        assert!(other.arriving("1.2.3.1") && !other.arriving("1.2.3.2"));
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(!other.arriving("1.2.3.1"), "quiet longer than the window");
+        store.arrived("1.2.3.2");
+        assert!(
+            store.arrivals.lock().unwrap().len() == 1,
+            "expired entries dropped"
+        );
+
+        let none = Store::open(dir.path())
+            .unwrap()
+            .with_assembly_window(Duration::ZERO);
+        none.arrived("1.2.3.1");
+        assert!(!none.arriving("1.2.3.1"));
     }
 }

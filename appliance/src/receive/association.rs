@@ -376,9 +376,14 @@ where
         );
         let opened = tokio::task::spawn_blocking(move || {
             // A resend of a stored instance needs no room: it is only checked against what is
-            // stored (same series: Success; another: refused), then dropped.
-            let known = queue.has_instance(&inst).unwrap_or(false);
-            if !known && !store.has_room(min_bytes, min_pct) {
+            // stored (same series: Success; another: refused), then dropped. Its series counts
+            // as arriving from now on, so housekeeping leaves it alone while the resend goes on
+            // (settled under the admission lock when the instance is complete).
+            let known = queue.instance_series(&inst).unwrap_or(None);
+            if let Some(series) = &known {
+                store.arrived(series);
+            }
+            if known.is_none() && !store.has_room(min_bytes, min_pct) {
                 // Old delivered studies go before a sender is refused.
                 match crate::housekeeping::prune_for_space(&queue, &store, min_bytes, min_pct) {
                     Ok(n) if n > 0 => {
@@ -514,10 +519,17 @@ where
                 staged.series_uid.clone(),
                 staged.sop_instance_uid.clone(),
             );
-            match queue
+            let admitted = queue
                 .admission(&study, &series, &sop)
-                .map_err(Failure::Queue)?
-            {
+                .map_err(Failure::Queue)?;
+            // New or a resend: either way the series is arriving, and a prune (which waits for
+            // `_admitting`) must not remove it under the sender — a resend acknowledged here
+            // as already stored would otherwise be lost with it, and the rest of the resend
+            // would become a new, partial series.
+            if matches!(admitted, Recorded::New | Recorded::Duplicate) {
+                store.arrived(&series);
+            }
+            match admitted {
                 Recorded::New => {}
                 // A resend (Duplicate) or a clash (Conflict): the temp file goes with `staged`.
                 other => return Ok((other, series)),
