@@ -101,6 +101,20 @@ def entry(role, precision, file, grid, training, refine=None):
     return "\n".join(lines) + "\n"
 
 
+# First seed of the crops real_backgrounds.py writes (real chest CT with inserted plaques).
+REAL_BACKGROUND_SEEDS_FROM = 50000
+
+
+def describe_data(train_seeds):
+    phantoms = [s for s in train_seeds if s < REAL_BACKGROUND_SEEDS_FROM]
+    real = [s for s in train_seeds if s >= REAL_BACKGROUND_SEEDS_FROM]
+    text = f"cacd train-data phantoms, {len(phantoms)} training seeds in {min(phantoms)}..{max(phantoms)}"
+    if real:
+        text += (f", and {len(real)} crops of real non-contrast chest CT with inserted plaques "
+                 f"(real_backgrounds.py, seeds {min(real)}..{max(real)})")
+    return text
+
+
 def kept_entries(manifest, only):
     """The manifest's [[model]] blocks of the roles not being exported, as text (so a calcium
     network retrained alone ships beside the heart locator's files exactly as they were)."""
@@ -167,8 +181,8 @@ def main():
             steps = metrics["calcium_steps"]
         training = (
             f"models/training/train.py ({net_cls.__name__}), {steps} Adam steps, torch seed fixed; "
-            f"data: cacd train-data phantoms, {n_train} training seeds in {min(train_seeds)}..{max(train_seeds)} "
-            f"(seed % 10 != 9), {n_val} validation seeds (seed % 10 == 9); {score}. {args.training_note}"
+            f"data: {describe_data(train_seeds)} (seed % 10 != 9), {n_val} validation seeds (seed % 10 == 9); "
+            f"{score}. {args.training_note}"
         ).strip()
         for precision, f in [("fp32", fp32), ("int8", int8)]:
             note = training if precision == "fp32" else training + f" int8: quantize_static QDQ, {len(calib_dirs)} training crops for calibration."
