@@ -38,16 +38,17 @@ phantom series it matched `cacd train-data`'s fine_x to 0.23 HU): the heart loca
 """
 
 import argparse
-import glob
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
+
+# The real cases' reader and the heart-outline resampling are bench/real/evaluate.py's.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "real"))
+import evaluate  # noqa: E402
 
 HEART = dict(spacing=(4.0, 4.0, 4.0), shape=(64, 96, 96))
 FINE = dict(spacing=(2.0, 0.8, 0.8), shape=(64, 192, 192))
@@ -71,14 +72,8 @@ BACKGROUNDS = [("platipy-chest", "3mm"), ("platipy-chest", "5mm"), ("lungdx-a000
 # --- cacd's preprocessing, mirrored ---------------------------------------------------------
 
 def load_series(d):
-    ds = [pydicom.dcmread(f) for f in sorted(glob.glob(os.path.join(d, "*.dcm")))]
-    ds = [x for x in ds if "PixelData" in x]
-    shapes = [(int(x.Rows), int(x.Columns)) for x in ds]
-    common = max(set(shapes), key=shapes.count)
-    ds = [x for x, s in zip(ds, shapes) if s == common]
-    ds.sort(key=lambda x: float(x.ImagePositionPatient[2]))
-    hu = np.stack([x.pixel_array * float(getattr(x, "RescaleSlope", 1)) + float(getattr(x, "RescaleIntercept", 0))
-                   for x in ds]).astype(np.float32)
+    """bench/real/evaluate.py's reader, plus the native spacing `[z, y, x]` (mm)."""
+    hu, ds = evaluate.load_series(d)
     z = [float(x.ImagePositionPatient[2]) for x in ds]
     ps = [float(v) for v in ds[0].PixelSpacing]
     return hu, (float(np.median(np.diff(z))), ps[0], ps[1]), ds
@@ -156,12 +151,6 @@ def labels_to_fine(labels, centre, ns):
     return out
 
 
-# --- heart outline on the series grid: bench/real/evaluate.py's reader ---------------------
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench" / "real"))
-from evaluate import nifti_on_series, patient_grids  # noqa: E402
-
-
 # --- plaques ----------------------------------------------------------------------------------
 
 class Background:
@@ -182,7 +171,7 @@ class Background:
         (the base of the heart lies right of the apex, so a global box would put every
         proximal groove on the right)."""
         index = np.asarray(index)
-        w = (index[0] * self.ns[0] - self.heart_mid[0]) / self.heart_half[0]
+        w = (index[0] * self.ns[0] - self.heart_z_mid) / self.heart_z_half
         z = int(np.clip(round(index[0]), self.slice_z[0], self.slice_z[-1]))
         mid, half = self.slice_mid[z], self.slice_half[z]
         v = (index[1] - mid[0]) / half[0]
@@ -199,7 +188,7 @@ class Background:
 
             subprocess.run([cacd, "score", str(d), "--out", str(Path(work) / f"{case}_{variant}"),
                             "--heart-mask", str(mask_path)], check=True, capture_output=True)
-        heart = nifti_on_series(str(mask_path), *patient_grids(ds, self.hu.shape))
+        heart = evaluate.nifti_on_series(str(mask_path), *evaluate.patient_grids(ds, self.hu.shape))
         sp = np.array(self.ns)
         # Depth below the outline's surface: epicardial fat lies inside the pericardial sac;
         # the fat outside it (anterior mediastinum, behind the left atrium in front of the
@@ -238,9 +227,8 @@ class Background:
         valve[: int(np.floor(z_lo))] = False
         self.valve_seeds = np.argwhere(valve)
         self.aorta = self.aorta_marks(case, ds)
-        pts = np.argwhere(heart) * sp
-        self.heart_mid = (pts.min(0) + pts.max(0)) / 2
-        self.heart_half = (pts.max(0) - pts.min(0)) / 2
+        self.heart_z_mid = (zs.min() + zs.max()) / 2 * sp[0]
+        self.heart_z_half = (zs.max() - zs.min()) / 2 * sp[0]
         self.slice_z = zs
         self.slice_mid, self.slice_half = {}, {}
         for z in zs:
@@ -297,7 +285,7 @@ def walk(bg, rng, start, length_mm):
     return np.array(pts)
 
 
-def render(hu, smooth, ns, pts, radii, peaks, labels, vessel_tag, rng):
+def render(hu, smooth, ns, pts, radii, peaks, labels, vessel_tag):
     """Adds one tube to `hu` (in place) by coverage, and tags its ≥130 HU voxels in `labels`.
     The tube replaces the local mean (`smooth`), not the voxel, so the scan's own noise
     texture stays on the calcium as it would on real calcium."""
@@ -421,13 +409,13 @@ def make_sample(bg, rng):
     negatives = []
     for j in range(int(rng.integers(0, NON_CORONARY_MAX[0] + 1))):
         made = aortic_wall(bg, rng) if rng.random() < 0.6 else valve(bg, rng)
-        if made is not None and render(hu, bg.smooth, bg.ns, *made, tags, 200 + j, rng):
+        if made is not None and render(hu, bg.smooth, bg.ns, *made, tags, 200 + j):
             negatives.append((200 + j, made[0].mean(0) / np.array(bg.ns)))
     for i in range(n_plaques):
         src = bg.seeds if rng.random() < 0.8 else bg.seeds_all
         start = src[rng.integers(len(src))].astype(float)
         pts, radii, peaks = plaque(bg, rng, start, heavy=False)
-        if render(hu, bg.smooth, bg.ns, pts, radii, peaks, tags, i + 1, rng):
+        if render(hu, bg.smooth, bg.ns, pts, radii, peaks, tags, i + 1):
             placed.append(i + 1)
     if heavy_cluster:
         # Dense confluent calcium: several long tubes from one upper seed (a proximal segment).
@@ -435,7 +423,7 @@ def make_sample(bg, rng):
         for j in range(int(rng.integers(2, 5))):
             tag = 100 + j
             pts, radii, peaks = plaque(bg, rng, start, heavy=True)
-            if render(hu, bg.smooth, bg.ns, pts, radii, peaks, tags, tag, rng):
+            if render(hu, bg.smooth, bg.ns, pts, radii, peaks, tags, tag):
                 placed.append(tag)
             start = pts[-1] / np.array(bg.ns) if rng.random() < 0.5 else start
     jitter = rng.uniform(-8, 8, size=3)
